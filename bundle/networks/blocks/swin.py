@@ -1,0 +1,266 @@
+"""Swin Transformer encoder branch built from MONAI's Swin building blocks.
+
+MONAI's ``SwinTransformer`` returns maps *after* patch merging with an affine-free norm, and its
+``get_window_size`` shrinks the window (and drops the shift) on maps not larger than the window.
+DS-TransUNet's branches, like the original Swin code, keep the window and shift fixed and zero-pad
+the map to a multiple of the window, and take each stage's output *before* merging through a
+learned LayerNorm. These classes reuse MONAI's ``PatchEmbed``, ``SwinTransformerBlock``,
+``WindowAttention``, ``PatchMergingV2``, ``window_partition``/``window_reverse`` and
+``compute_mask``, changing only the windowing and computing window attention with
+``scaled_dot_product_attention`` in training too (MONAI uses it only without autograd).
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint as checkpoint
+from monai.networks.blocks import PatchEmbed
+from monai.networks.nets.swin_unetr import (
+    PatchMergingV2,
+    SwinTransformerBlock,
+    WindowAttention,
+    compute_mask,
+    window_partition,
+    window_reverse,
+)
+from monai.utils import ensure_tuple_rep
+
+__all__ = ["FusedWindowAttention", "SwinBlock", "SwinStage", "SwinBranch"]
+
+
+class FusedWindowAttention(WindowAttention):
+    """MONAI's ``WindowAttention`` with relative position bias and shift mask passed to
+    ``scaled_dot_product_attention`` as one additive mask, in training and inference alike."""
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        b, n, c = x.shape
+        head_dim = c // self.num_heads
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        bias = self.relative_position_bias_table[self.relative_position_index[:n, :n].reshape(-1)]
+        bias = bias.reshape(n, n, self.num_heads).permute(2, 0, 1)
+        dropout_p = self.attn_drop.p if self.training else 0.0
+        if mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(0).to(q.dtype), dropout_p=dropout_p)
+        else:
+            # windows of one image share the mask: broadcast over the batch instead of expanding it
+            nw = mask.shape[0]
+            shape = [b // nw, nw, self.num_heads, n, head_dim]
+            attn_mask = (bias.unsqueeze(0) + mask.unsqueeze(1)).to(q.dtype)
+            out = F.scaled_dot_product_attention(
+                q.reshape(shape), k.reshape(shape), v.reshape(shape), attn_mask=attn_mask, dropout_p=dropout_p
+            )
+        out = out.reshape(b, self.num_heads, n, head_dim).transpose(1, 2).reshape(b, n, c)
+        return self.proj_drop(self.proj(out))
+
+
+class SwinBlock(SwinTransformerBlock):
+    """MONAI's ``SwinTransformerBlock`` with the original Swin windowing: the window never shrinks,
+    the shift is always applied, and the (normalised) map is zero-padded to a multiple of the window.
+
+    Takes and returns channel-last maps ``(B, *spatial, C)``; same arguments as MONAI's block.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: Sequence[int],
+        shift_size: Sequence[int],
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        use_checkpoint: bool = False,
+    ) -> None:
+        super().__init__(
+            dim=dim,
+            num_heads=num_heads,
+            window_size=window_size,
+            shift_size=shift_size,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            drop=drop,
+            attn_drop=attn_drop,
+            drop_path=drop_path,
+            use_checkpoint=use_checkpoint,
+        )
+        self.attn = FusedWindowAttention(
+            dim, num_heads=num_heads, window_size=window_size, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop
+        )
+        self.window_size = list(window_size)
+        self.shift_size = list(shift_size)
+        self.shifted = any(s > 0 for s in shift_size)
+
+    def forward_part1(self, x: torch.Tensor, mask_matrix: Optional[torch.Tensor]) -> torch.Tensor:
+        x = self.norm1(x)
+        spatial = list(x.shape[1:-1])
+        c = x.shape[-1]
+        pad: List[int] = [0, 0]
+        padded: List[int] = [x.shape[0]]
+        for i in range(len(spatial) - 1, -1, -1):
+            extra = (self.window_size[i] - spatial[i] % self.window_size[i]) % self.window_size[i]
+            pad += [0, extra]
+            padded.insert(1, spatial[i] + extra)
+        if sum(pad) > 0:
+            x = F.pad(x, pad)
+        dims = list(range(1, len(spatial) + 1))
+        if self.shifted:
+            x = torch.roll(x, shifts=[-s for s in self.shift_size], dims=dims)
+        windows = self.attn(window_partition(x, self.window_size), mask_matrix if self.shifted else None)
+        x = window_reverse(windows.view([-1] + self.window_size + [c]), self.window_size, padded)
+        if self.shifted:
+            x = torch.roll(x, shifts=self.shift_size, dims=dims)
+        if sum(pad) > 0:
+            x = x[:, : spatial[0], : spatial[1]] if len(spatial) == 2 else x[:, : spatial[0], : spatial[1], : spatial[2]]
+        return x
+
+
+class SwinStage(nn.Module):
+    """``depth`` Swin blocks at one resolution, alternating plain and shifted windows.
+
+    Takes and returns channel-last maps ``(B, *spatial, C)``.
+
+    Args:
+        dim: channels.
+        depth: number of blocks.
+        num_heads: attention heads.
+        window_size: window side (int or one per spatial dim).
+        drop_path: stochastic depth rate of each block.
+        mlp_ratio: MLP hidden width over ``dim``.
+        qkv_bias: learnable bias on query, key and value.
+        drop: dropout rate.
+        attn_drop: attention dropout rate.
+        spatial_dims: 2 or 3.
+        use_checkpoint: activation checkpointing inside each block (as MONAI's Swin blocks).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        window_size: Sequence[int] | int,
+        drop_path: Sequence[float],
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        spatial_dims: int = 2,
+        use_checkpoint: bool = False,
+    ) -> None:
+        super().__init__()
+        self.window_size = list(ensure_tuple_rep(window_size, spatial_dims))
+        self.shift_size = [w // 2 for w in self.window_size]
+        self.blocks = nn.ModuleList(
+            [
+                SwinBlock(
+                    dim,
+                    num_heads,
+                    self.window_size,
+                    [0] * spatial_dims if i % 2 == 0 else self.shift_size,
+                    mlp_ratio=mlp_ratio,
+                    qkv_bias=qkv_bias,
+                    drop=drop,
+                    attn_drop=attn_drop,
+                    drop_path=float(drop_path[i]),
+                    use_checkpoint=use_checkpoint,
+                )
+                for i in range(depth)
+            ]
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        padded = [-(-s // w) * w for s, w in zip(x.shape[1:-1], self.window_size)]
+        mask = compute_mask(padded, self.window_size, self.shift_size, x.device)
+        for block in self.blocks:
+            x = block(x, mask)
+        return x
+
+
+class SwinBranch(nn.Module):
+    """One Swin encoder branch of DS-TransUNet: patch embedding, then per stage Swin blocks, a
+    LayerNorm'd output taken before merging, and patch merging to the next stage.
+
+    Returns a list of channel-first maps, one per stage, of ``embed_dim * 2**i`` channels at
+    ``1 / (patch_size * 2**i)`` of the (right/bottom zero-padded) input size.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: input channels.
+        embed_dim: channels of the first stage.
+        depths: blocks per stage.
+        num_heads: attention heads per stage.
+        patch_size: side of the patches embedded by the stem.
+        window_size: window side.
+        mlp_ratio: MLP hidden width over the stage width.
+        qkv_bias: learnable bias on query, key and value.
+        drop_rate: dropout rate.
+        attn_drop_rate: attention dropout rate.
+        drop_path_rate: stochastic depth, rising linearly from 0 to this over all blocks.
+        use_checkpoint: activation checkpointing inside each block.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        embed_dim: int,
+        depths: Sequence[int],
+        num_heads: Sequence[int],
+        patch_size: int,
+        window_size: int = 7,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        use_checkpoint: bool = False,
+    ) -> None:
+        super().__init__()
+        if len(depths) != len(num_heads):
+            raise ValueError(f"depths {tuple(depths)} and num_heads {tuple(num_heads)} must have one entry per stage.")
+        self.spatial_dims = spatial_dims
+        self.patch_embed = PatchEmbed(patch_size, in_channels, embed_dim, nn.LayerNorm, spatial_dims)
+        self.pos_drop = nn.Dropout(drop_rate)
+        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        self.channels = [embed_dim * 2**i for i in range(len(depths))]
+        self.stages = nn.ModuleList()
+        self.merges = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        for i, (dim, depth, heads) in enumerate(zip(self.channels, depths, num_heads)):
+            start = sum(depths[:i])
+            self.stages.append(
+                SwinStage(
+                    dim,
+                    depth,
+                    heads,
+                    window_size,
+                    rates[start : start + depth],
+                    mlp_ratio=mlp_ratio,
+                    qkv_bias=qkv_bias,
+                    drop=drop_rate,
+                    attn_drop=attn_drop_rate,
+                    spatial_dims=spatial_dims,
+                    use_checkpoint=use_checkpoint,
+                )
+            )
+            self.norms.append(nn.LayerNorm(dim))
+            if i < len(depths) - 1:
+                self.merges.append(PatchMergingV2(dim, nn.LayerNorm, spatial_dims))
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        x = self.pos_drop(self.patch_embed(x))
+        x = x.movedim(1, -1)  # channel-last inside the branch
+        outputs: List[torch.Tensor] = []
+        for i, (stage, norm) in enumerate(zip(self.stages, self.norms)):
+            x = stage(x)
+            outputs.append(norm(x).movedim(-1, 1))
+            if i < len(self.merges):
+                x = self.merges[i](x)
+        return outputs

@@ -1,0 +1,464 @@
+"""DS-TransUNet: Dual Swin Transformer U-Net (Lin et al., IEEE TIM 2022, arXiv 2106.06716).
+
+Two Swin encoder branches see the image at two patch sizes (the fine branch at ``patch_size``, the
+coarse one at ``coarse_patch_size``); at each stage a TIF block lets them exchange global context,
+and the pair, concatenated, becomes the skip of a U-Net decoder whose deep stages hold Swin blocks.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint as checkpoint
+from monai.networks.blocks import Convolution
+from monai.networks.layers import Pool
+
+from bundle.networks.blocks.swin import SwinBranch, SwinStage
+from bundle.networks.blocks.tif import TIF
+
+__all__ = ["DSTransUNet", "PRESETS", "convert_authors_state_dict"]
+
+# Named configurations. ``base`` is the authors' model (their ``UNet(dim=128)``): a Swin-B fine
+# branch and a Swin-T coarse branch at patch 8. ``small`` and ``tiny`` train on a 2-core CPU.
+PRESETS: Dict[str, Dict[str, Any]] = {
+    "base": dict(
+        embed_dim=128,
+        depths=(2, 2, 18, 2),
+        num_heads=(4, 8, 16, 32),
+        drop_path_rate=0.5,
+        coarse_embed_dim=96,
+        coarse_depths=(2, 2, 6, 2),
+        coarse_num_heads=(3, 6, 12, 24),
+        coarse_drop_path_rate=0.2,
+    ),
+    "small": dict(
+        embed_dim=64,
+        depths=(2, 2, 6, 2),
+        num_heads=(2, 4, 8, 16),
+        drop_path_rate=0.2,
+        coarse_embed_dim=48,
+        coarse_depths=(2, 2, 2, 2),
+        coarse_num_heads=(2, 4, 8, 16),
+        coarse_drop_path_rate=0.1,
+    ),
+    "tiny": dict(
+        embed_dim=32,
+        depths=(2, 2, 2, 2),
+        num_heads=(1, 2, 4, 8),
+        drop_path_rate=0.1,
+        coarse_embed_dim=24,
+        coarse_depths=(2, 2, 2, 2),
+        coarse_num_heads=(1, 2, 4, 8),
+        coarse_drop_path_rate=0.1,
+    ),
+}
+
+
+def _conv(
+    spatial_dims: int, in_channels: int, out_channels: int, kernel_size: int, groups: int = 0, relu: bool = True
+) -> Convolution:
+    """Conv with bias, then GroupNorm (when ``groups``) and ReLU (when ``relu``)."""
+    norm = ("group", {"num_groups": math.gcd(groups, out_channels)}) if groups else None
+    return Convolution(
+        spatial_dims,
+        in_channels,
+        out_channels,
+        kernel_size=kernel_size,
+        act="relu" if relu else None,
+        norm=norm,
+        bias=True,
+        conv_only=not (relu or groups),
+    )
+
+
+class UpConv(Convolution):
+    """Nearest x2 upsampling, then 3x3 conv, GroupNorm and ReLU (the authors' ``up_conv``)."""
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, groups: int) -> None:
+        super().__init__(
+            spatial_dims,
+            in_channels,
+            out_channels,
+            kernel_size=3,
+            act="relu",
+            norm=("group", {"num_groups": math.gcd(groups, out_channels)}),
+            bias=True,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class ConvDecoderStage(nn.Module):
+    """Up-convolve ``x``, concatenate ``(skip, x)``, 3x3 conv + ReLU (the authors' ``Decoder``)."""
+
+    def __init__(self, spatial_dims: int, in_channels: int, skip_channels: int, out_channels: int, groups: int) -> None:
+        super().__init__()
+        self.up = UpConv(spatial_dims, in_channels, out_channels, groups)
+        self.fuse = _conv(spatial_dims, skip_channels + out_channels, out_channels, 3)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.fuse(torch.cat([skip, self.up(x)], dim=1))
+
+
+class SwinDecoderStage(nn.Module):
+    """The authors' ``Swin_Decoder``: up-convolve to ``in_channels // 2``, Swin blocks, 1x1 conv to
+    ``in_channels // 4``; the skip gets its own 1x1 conv to ``in_channels // 4``; concatenate
+    ``(skip, x)`` and 3x3 conv + ReLU to ``in_channels // 2``."""
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        skip_channels: int,
+        num_heads: int,
+        depth: int = 2,
+        window_size: int = 7,
+        drop_path_rate: float = 0.2,
+        groups: int = 32,
+        use_checkpoint: bool = False,
+    ) -> None:
+        super().__init__()
+        mid, quarter = in_channels // 2, in_channels // 4
+        self.up = UpConv(spatial_dims, in_channels, mid, groups)
+        self.swin = SwinStage(
+            mid,
+            depth,
+            num_heads,
+            window_size,
+            torch.linspace(0, drop_path_rate, depth).tolist(),
+            spatial_dims=spatial_dims,
+            use_checkpoint=use_checkpoint,
+        )
+        self.reduce = _conv(spatial_dims, mid, quarter, 1)
+        self.skip_reduce = _conv(spatial_dims, skip_channels, quarter, 1)
+        self.fuse = _conv(spatial_dims, 2 * quarter, mid, 3)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = self.swin(self.up(x).movedim(1, -1)).movedim(-1, 1)
+        return self.fuse(torch.cat([self.skip_reduce(skip), self.reduce(x)], dim=1))
+
+
+class DSTransUNet(nn.Module):
+    """DS-TransUNet for 2D (or 3D) segmentation, from MONAI's Swin building blocks and :class:`TIF`.
+
+    Architecture arguments left as ``None`` are taken from ``preset``; any given one overrides it.
+    ``DSTransUNet(preset="base")`` is the authors' configuration (171 M parameters);
+    ``DSTransUNet.from_authors(path)`` loads their checkpoint into it.
+
+    Any input size works: the input is zero-padded right/bottom to a multiple of the coarsest
+    stride (64 for the presets) and the logits are cropped back to the input's size.
+
+    Args:
+        spatial_dims: 2, or 3 for volumes.
+        in_channels: input channels.
+        out_channels: output channels (classes; 1 for a binary sigmoid output).
+        preset: ``"base"``, ``"small"`` or ``"tiny"``; fills the architecture arguments left ``None``.
+        embed_dim: channels of the fine branch's first stage (doubling per stage).
+        depths: Swin blocks per stage of the fine branch.
+        num_heads: attention heads per stage of the fine branch.
+        patch_size: patch size of the fine branch (the decoder's last two stages assume 4).
+        drop_path_rate: stochastic depth of the fine branch.
+        coarse_embed_dim: channels of the coarse branch's first stage.
+        coarse_depths: Swin blocks per stage of the coarse branch.
+        coarse_num_heads: attention heads per stage of the coarse branch.
+        coarse_patch_size: patch size of the coarse branch (twice ``patch_size``).
+        coarse_drop_path_rate: stochastic depth of the coarse branch.
+        window_size: Swin window side, everywhere.
+        mlp_ratio: Swin MLP width over the stage width.
+        qkv_bias: learnable query/key/value bias in Swin attention.
+        drop_rate: dropout in the Swin branches.
+        attn_drop_rate: attention dropout in the Swin branches.
+        dual_scale: use the coarse branch (False: single-scale ablation, skips from the fine branch only).
+        fusion: ``"tif"`` (DS-TransUNet) or ``"concat"`` (the ablation's two scales without TIF).
+        decoder: ``"swin"`` (Swin blocks in the deep decoder stages) or ``"conv"`` (plain conv stages).
+        decoder_depth: Swin blocks per Swin decoder stage.
+        decoder_num_heads: heads per Swin decoder stage, deepest first (default: width / 2 / 64).
+        decoder_drop_path_rate: stochastic depth in each Swin decoder stage.
+        tif_depth: transformer layers in each TIF branch.
+        tif_args: other :class:`TIF` arguments (``heads_s``, ``head_dim_s``, ``mlp_dim_s``, ``heads_l``,
+            ``head_dim_l``, ``mlp_dim_l``, ``dropout``); the seed's values by default.
+        norm_groups: GroupNorm groups in conv blocks (reduced to a divisor of the channels).
+        deep_supervision: in training mode, also return the two auxiliary logits (from the deepest
+            skip and from the H/4 decoder stage, upsampled to the input size), as
+            ``[main, aux_deep, aux_quarter]`` for ``monai.losses.DeepSupervisionLoss``.
+        aux_relu: put a ReLU on the auxiliary logits, as the authors' code does (a bug: it keeps
+            their sigmoid at or above 0.5); only to reproduce their model.
+        use_checkpoint: activation checkpointing (recompute activations in backward to save memory).
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 3,
+        out_channels: int = 1,
+        preset: str = "base",
+        embed_dim: Optional[int] = None,
+        depths: Optional[Sequence[int]] = None,
+        num_heads: Optional[Sequence[int]] = None,
+        patch_size: int = 4,
+        drop_path_rate: Optional[float] = None,
+        coarse_embed_dim: Optional[int] = None,
+        coarse_depths: Optional[Sequence[int]] = None,
+        coarse_num_heads: Optional[Sequence[int]] = None,
+        coarse_patch_size: int = 8,
+        coarse_drop_path_rate: Optional[float] = None,
+        window_size: int = 7,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        dual_scale: bool = True,
+        fusion: str = "tif",
+        decoder: str = "swin",
+        decoder_depth: int = 2,
+        decoder_num_heads: Optional[Sequence[int]] = None,
+        decoder_drop_path_rate: float = 0.2,
+        tif_depth: int = 1,
+        tif_args: Optional[Mapping[str, Any]] = None,
+        norm_groups: int = 32,
+        deep_supervision: bool = False,
+        aux_relu: bool = False,
+        use_checkpoint: bool = False,
+    ) -> None:
+        super().__init__()
+        if preset not in PRESETS:
+            raise ValueError(f"DSTransUNet preset must be one of {sorted(PRESETS)}, got preset={preset!r}.")
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"DSTransUNet spatial_dims must be 2 or 3, got spatial_dims={spatial_dims}.")
+        if fusion not in ("tif", "concat"):
+            raise ValueError(f"DSTransUNet fusion must be 'tif' or 'concat', got fusion={fusion!r}.")
+        if decoder not in ("swin", "conv"):
+            raise ValueError(f"DSTransUNet decoder must be 'swin' or 'conv', got decoder={decoder!r}.")
+        if patch_size != 4:
+            raise ValueError(f"DSTransUNet's decoder ends in two x2 stages, so patch_size must be 4, got {patch_size}.")
+        if coarse_patch_size % patch_size:
+            raise ValueError(f"coarse_patch_size ({coarse_patch_size}) must be a multiple of patch_size ({patch_size}).")
+        p = dict(PRESETS[preset])
+        given = dict(
+            embed_dim=embed_dim,
+            depths=depths,
+            num_heads=num_heads,
+            drop_path_rate=drop_path_rate,
+            coarse_embed_dim=coarse_embed_dim,
+            coarse_depths=coarse_depths,
+            coarse_num_heads=coarse_num_heads,
+            coarse_drop_path_rate=coarse_drop_path_rate,
+        )
+        p.update({k: v for k, v in given.items() if v is not None})
+        n_stages = len(p["depths"])
+        if dual_scale and len(p["coarse_depths"]) != n_stages:
+            raise ValueError(f"depths {p['depths']} and coarse_depths {p['coarse_depths']} need the same number of stages.")
+
+        self.spatial_dims = spatial_dims
+        self.out_channels = out_channels
+        self.dual_scale = dual_scale
+        self.use_tif = dual_scale and fusion == "tif"
+        self.deep_supervision = deep_supervision
+        self.use_checkpoint = use_checkpoint
+        self.config = dict(p, patch_size=patch_size, coarse_patch_size=coarse_patch_size, preset=preset)
+        self.size_multiple = max(patch_size, coarse_patch_size if dual_scale else 1) * 2 ** (n_stages - 1)
+
+        dim = p["embed_dim"]
+        channels = [dim * 2**i for i in range(n_stages)]
+        branch_args = dict(window_size=window_size, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_rate=drop_rate,
+                           attn_drop_rate=attn_drop_rate, use_checkpoint=use_checkpoint)  # fmt: skip
+        self.fine_branch = SwinBranch(
+            spatial_dims, in_channels, dim, p["depths"], p["num_heads"], patch_size,
+            drop_path_rate=p["drop_path_rate"], **branch_args,
+        )  # fmt: skip
+        coarse_channels = [0] * n_stages
+        self.coarse_branch: Optional[SwinBranch] = None
+        if dual_scale:
+            coarse_channels = [p["coarse_embed_dim"] * 2**i for i in range(n_stages)]
+            self.coarse_branch = SwinBranch(
+                spatial_dims, in_channels, p["coarse_embed_dim"], p["coarse_depths"], p["coarse_num_heads"],
+                coarse_patch_size, drop_path_rate=p["coarse_drop_path_rate"], **branch_args,
+            )  # fmt: skip
+        self.fusions = nn.ModuleList(
+            [TIF(cs, c, depth=tif_depth, output="pair", **dict(tif_args or {})) for cs, c in zip(coarse_channels, channels)]
+            if self.use_tif
+            else []
+        )
+        self.skip_blocks = nn.ModuleList(
+            [
+                nn.Sequential(
+                    _conv(spatial_dims, c + cs, c, 3, norm_groups), _conv(spatial_dims, c, c, 3, norm_groups)
+                )
+                for c, cs in zip(channels, coarse_channels)
+            ]
+        )
+
+        heads = list(decoder_num_heads or [max(1, c // 2 // 64) for c in reversed(channels[1:])])
+        if len(heads) != n_stages - 1:
+            raise ValueError(f"decoder_num_heads needs {n_stages - 1} entries (deepest first), got {heads}.")
+        self.decoder = nn.ModuleList()
+        for i, c in enumerate(reversed(channels[1:])):
+            if decoder == "swin":
+                stage: nn.Module = SwinDecoderStage(
+                    spatial_dims, c, c // 2, heads[i], decoder_depth, window_size, decoder_drop_path_rate,
+                    norm_groups, use_checkpoint,
+                )  # fmt: skip
+            else:
+                stage = ConvDecoderStage(spatial_dims, c, c // 2, c // 2, norm_groups)
+            self.decoder.append(stage)
+        # a small CNN stem on the raw image gives the skips at full and half resolution
+        self.stem_full = _conv(spatial_dims, in_channels, dim // 4, 1, relu=False)
+        self.stem_half = nn.Sequential(
+            Pool[Pool.MAX, spatial_dims](kernel_size=2, stride=2),
+            _conv(spatial_dims, dim // 4, dim // 2, 3, norm_groups),
+            _conv(spatial_dims, dim // 2, dim // 2, 3, norm_groups),
+        )
+        self.decoder.append(ConvDecoderStage(spatial_dims, dim, dim // 2, dim // 2, norm_groups))
+        self.decoder.append(ConvDecoderStage(spatial_dims, dim // 2, dim // 4, dim // 4, norm_groups))
+        self.head = _conv(spatial_dims, dim // 4, out_channels, 1, relu=False)
+        self.aux_heads = nn.ModuleList(
+            [_conv(spatial_dims, c, out_channels, 1, relu=aux_relu) for c in (channels[-1], channels[0])]
+            if deep_supervision
+            else []
+        )
+
+    # -- forward -----------------------------------------------------------------------------
+    def _run(self, module: nn.Module, *args: torch.Tensor) -> torch.Tensor:
+        if self.use_checkpoint and self.training and torch.is_grad_enabled():
+            return checkpoint.checkpoint(module, *args, use_reentrant=False)
+        return module(*args)
+
+    def _skips(self, x: torch.Tensor) -> List[torch.Tensor]:
+        fine = self.fine_branch(x)
+        if self.coarse_branch is None:
+            return [self._run(block, e) for block, e in zip(self.skip_blocks, fine)]
+        coarse = self.coarse_branch(x)
+        skips = []
+        for i, (e, r) in enumerate(zip(fine, coarse)):
+            if self.use_tif:
+                e, r = self.fusions[i](e, r) if not self._checkpointing() else checkpoint.checkpoint(
+                    self.fusions[i], e, r, use_reentrant=False
+                )
+            r = F.interpolate(r, size=e.shape[2:], mode="nearest")
+            skips.append(self._run(self.skip_blocks[i], torch.cat([e, r], dim=1)))
+        return skips
+
+    def _checkpointing(self) -> bool:
+        return self.use_checkpoint and self.training and torch.is_grad_enabled()
+
+    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, List[torch.Tensor]]:
+        size = x.shape[2:]
+        pad: List[int] = []
+        for s in reversed(size):
+            pad += [0, (self.size_multiple - s % self.size_multiple) % self.size_multiple]
+        if sum(pad):
+            x = F.pad(x, pad)
+        skips = self._skips(x)
+        stem_full = self.stem_full(x)
+        stem_half = self._run(self.stem_half, stem_full)
+        d = skips[-1]
+        n_swin = len(skips) - 1
+        for i in range(n_swin):
+            d = self._run(self.decoder[i], d, skips[n_swin - 1 - i])
+        quarter = d
+        d = self._run(self.decoder[n_swin], d, stem_half)
+        d = self._run(self.decoder[n_swin + 1], d, stem_full)
+        out = _crop(self.head(d), size)
+        if not (self.deep_supervision and self.training):
+            return out
+        aux = [self.aux_heads[0](skips[-1]), self.aux_heads[1](quarter)]
+        return [out] + [_crop(F.interpolate(a, size=x.shape[2:], mode="nearest"), size) for a in aux]
+
+    # -- the authors' weights ----------------------------------------------------------------
+    @classmethod
+    def from_authors(
+        cls, state_dict: Union[str, os.PathLike, Mapping[str, torch.Tensor]], **kwargs: Any
+    ) -> "DSTransUNet":
+        """Build a model configured like the authors' ``UNet(dim=128, n_class)`` and load their weights.
+
+        Args:
+            state_dict: the authors' state dict, or a path to a checkpoint holding it (a bare state
+                dict, or one under ``"state_dict"`` / ``"model"``; ``module.`` prefixes are removed).
+            kwargs: other constructor arguments (e.g. ``use_checkpoint=True``); the architecture is fixed.
+
+        The model has deep supervision with the authors' ReLU on the auxiliary logits, so that it
+        computes what theirs computes; set ``model.deep_supervision = False`` to get one output.
+        """
+        sd = load_authors_state_dict(state_dict)
+        out_channels = sd["final.weight"].shape[0]
+        in_channels = sd["down1.weight"].shape[1]
+        args: Dict[str, Any] = dict(
+            spatial_dims=2, in_channels=in_channels, out_channels=out_channels, preset="base",
+            deep_supervision=True, aux_relu=True,
+        )  # fmt: skip
+        args.update(kwargs)
+        model = cls(**args)
+        model.load_state_dict(convert_authors_state_dict(sd), strict=True)
+        return model
+
+
+def _crop(x: torch.Tensor, size: List[int]) -> torch.Tensor:
+    if len(size) == 2:
+        return x[:, :, : size[0], : size[1]]
+    return x[:, :, : size[0], : size[1], : size[2]]
+
+
+# The authors' parameter names -> ours. TIF keys inside ``fusions.*`` are renamed by TIF itself.
+_AUTHORS_KEY_RULES: List[Tuple[str, str]] = [
+    (r"^encoder\.", "fine_branch."),
+    (r"^encoder2\.", "coarse_branch."),
+    (r"_branch\.layers\.(\d+)\.blocks\.", r"_branch.stages.\1.blocks."),
+    (r"_branch\.layers\.(\d+)\.downsample\.", r"_branch.merges.\1."),
+    (r"_branch\.norm(\d+)\.", r"_branch.norms.\1."),
+    (r"\.mlp\.fc1\.", ".mlp.linear1."),
+    (r"\.mlp\.fc2\.", ".mlp.linear2."),
+    (r"^cross_att_(\d+)\.", lambda m: f"fusions.{int(m.group(1)) - 1}."),
+    (r"^change(\d+)\.conv\.0\.", lambda m: f"skip_blocks.{int(m.group(1)) - 1}.0.conv."),
+    (r"^change(\d+)\.conv\.1\.", lambda m: f"skip_blocks.{int(m.group(1)) - 1}.0.adn.N."),
+    (r"^change(\d+)\.conv\.3\.", lambda m: f"skip_blocks.{int(m.group(1)) - 1}.1.conv."),
+    (r"^change(\d+)\.conv\.4\.", lambda m: f"skip_blocks.{int(m.group(1)) - 1}.1.adn.N."),
+    (r"^layer(\d+)\.up\.layer\.", lambda m: f"decoder.{int(m.group(1)) - 1}.swin."),
+    (r"^layer(\d+)\.up\.up\.up\.1\.", lambda m: f"decoder.{int(m.group(1)) - 1}.up.conv."),
+    (r"^layer(\d+)\.up\.up\.up\.2\.", lambda m: f"decoder.{int(m.group(1)) - 1}.up.adn.N."),
+    (r"^layer(\d+)\.up\.up\.1\.", lambda m: f"decoder.{int(m.group(1)) - 1}.up.conv."),
+    (r"^layer(\d+)\.up\.up\.2\.", lambda m: f"decoder.{int(m.group(1)) - 1}.up.adn.N."),
+    (r"^layer(\d+)\.up\.conv_relu\.0\.", lambda m: f"decoder.{int(m.group(1)) - 1}.reduce.conv."),
+    (r"^layer(\d+)\.conv2\.0\.", lambda m: f"decoder.{int(m.group(1)) - 1}.skip_reduce.conv."),
+    (r"^layer(\d+)\.conv_relu\.0\.", lambda m: f"decoder.{int(m.group(1)) - 1}.fuse.conv."),
+    (r"^down1\.", "stem_full.conv."),
+    (r"^down2\.conv\.1\.", "stem_half.1.conv."),
+    (r"^down2\.conv\.2\.", "stem_half.1.adn.N."),
+    (r"^down2\.conv\.4\.", "stem_half.2.conv."),
+    (r"^down2\.conv\.5\.", "stem_half.2.adn.N."),
+    (r"^final\.", "head.conv."),
+    (r"^loss1\.0\.", "aux_heads.0.conv."),
+    (r"^loss2\.0\.", "aux_heads.1.conv."),
+]
+
+
+def convert_authors_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Rename the keys of the authors' DS-TransUNet state dict to :class:`DSTransUNet`'s."""
+    converted = {}
+    for key, value in state_dict.items():
+        for pattern, repl in _AUTHORS_KEY_RULES:
+            key = re.sub(pattern, repl, key)
+        converted[key] = value
+    return converted
+
+
+def load_authors_state_dict(source: Union[str, os.PathLike, Mapping[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+    """Read the authors' state dict from a mapping or a checkpoint file, unwrapping common containers."""
+    if isinstance(source, (str, os.PathLike)):
+        if not os.path.isfile(source):
+            raise FileNotFoundError(f"DS-TransUNet checkpoint not found: {os.fspath(source)}")
+        source = torch.load(source, map_location="cpu", weights_only=True)
+    sd = dict(source)
+    for container in ("state_dict", "model", "network"):
+        if container in sd and isinstance(sd[container], Mapping):
+            sd = dict(sd[container])
+    sd = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in sd.items()}
+    if "final.weight" not in sd or "down1.weight" not in sd:
+        raise KeyError("not an authors' DS-TransUNet state dict: keys 'final.weight' and 'down1.weight' are missing.")
+    return sd
