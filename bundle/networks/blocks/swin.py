@@ -29,33 +29,41 @@ from monai.networks.nets.swin_unetr import (
 )
 from monai.utils import ensure_tuple_rep
 
+from bundle.networks.blocks.mlp import prenorm_mlp
+
 __all__ = ["FusedWindowAttention", "SwinBlock", "SwinStage", "SwinBranch"]
 
 
 class FusedWindowAttention(WindowAttention):
-    """MONAI's ``WindowAttention`` with relative position bias and shift mask passed to
-    ``scaled_dot_product_attention`` as one additive mask, in training and inference alike."""
+    """MONAI's ``WindowAttention`` computed by ``scaled_dot_product_attention``, with the relative
+    position bias and shift mask as one additive mask, in training and inference alike.
+
+    The bias is learned, and no fused CPU kernel gives its gradient; so in training the windows'
+    query/key/value projection and attention are recomputed in backward, keeping neither q, k, v
+    nor any attention matrix (about a tenth of the block's FLOPs, and 4 of its 6 stored tensors).
+    """
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        if torch.is_grad_enabled() and not torch.jit.is_scripting() and not torch.jit.is_tracing():
+            out = checkpoint.checkpoint(self.attend, x, mask, use_reentrant=False)
+        else:
+            out = self.attend(x, mask)
+        return self.proj_drop(self.proj(out))
+
+    def attend(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """Windowed multi-head attention of ``x`` (windows, tokens, channels), before the output projection."""
         b, n, c = x.shape
         head_dim = c // self.num_heads
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
         bias = self.relative_position_bias_table[self.relative_position_index[:n, :n].reshape(-1)]
-        bias = bias.reshape(n, n, self.num_heads).permute(2, 0, 1)
+        attn_mask = bias.reshape(n, n, self.num_heads).permute(2, 0, 1).unsqueeze(0)
+        if mask is not None:
+            # a 4D mask (not a 5D broadcast) keeps SDPA off its slowest path
+            attn_mask = (attn_mask + mask.unsqueeze(1)).repeat(b // mask.shape[0], 1, 1, 1)
         dropout_p = self.attn_drop.p if self.training else 0.0
-        if mask is None:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(0).to(q.dtype), dropout_p=dropout_p)
-        else:
-            # windows of one image share the mask: broadcast over the batch instead of expanding it
-            nw = mask.shape[0]
-            shape = [b // nw, nw, self.num_heads, n, head_dim]
-            attn_mask = (bias.unsqueeze(0) + mask.unsqueeze(1)).to(q.dtype)
-            out = F.scaled_dot_product_attention(
-                q.reshape(shape), k.reshape(shape), v.reshape(shape), attn_mask=attn_mask, dropout_p=dropout_p
-            )
-        out = out.reshape(b, self.num_heads, n, head_dim).transpose(1, 2).reshape(b, n, c)
-        return self.proj_drop(self.proj(out))
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=attn_mask.to(x.dtype), dropout_p=dropout_p)
+        # SDPA returns (b, heads, n, d) laid out as (b, n, heads, d): this is a view, not a copy
+        return out.transpose(1, 2).reshape(b, n, c)
 
 
 class SwinBlock(SwinTransformerBlock):
@@ -96,6 +104,9 @@ class SwinBlock(SwinTransformerBlock):
         self.window_size = list(window_size)
         self.shift_size = list(shift_size)
         self.shifted = any(s > 0 for s in shift_size)
+
+    def forward_part2(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop_path(prenorm_mlp(x, self.norm2, self.mlp))
 
     def forward_part1(self, x: torch.Tensor, mask_matrix: Optional[torch.Tensor]) -> torch.Tensor:
         x = self.norm1(x)

@@ -16,6 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.blocks import MLPBlock
 
+from bundle.networks.blocks.mlp import prenorm_mlp
+
 __all__ = ["TIF", "TIFTransformer", "GlobalSelfAttention"]
 
 
@@ -64,7 +66,7 @@ class TIFTransformerLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x))
-        return x + self.mlp(self.mlp_norm(x))
+        return x + prenorm_mlp(x, self.mlp_norm, self.mlp)
 
 
 class TIFTransformer(nn.Module):

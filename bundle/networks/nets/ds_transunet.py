@@ -325,8 +325,10 @@ class DSTransUNet(nn.Module):
         )
 
     # -- forward -----------------------------------------------------------------------------
-    def _run(self, module: nn.Module, *args: torch.Tensor) -> torch.Tensor:
-        if self.use_checkpoint and self.training and torch.is_grad_enabled():
+    def _run(self, module: nn.Module, *args: torch.Tensor, cheap: bool = False) -> torch.Tensor:
+        """Run ``module``, recomputing it in backward under ``use_checkpoint``, or always when it is
+        ``cheap``: a full-resolution conv stage, whose activations are large and FLOPs few."""
+        if (self.use_checkpoint or cheap) and self.training and torch.is_grad_enabled() and not torch.jit.is_tracing():
             return checkpoint.checkpoint(module, *args, use_reentrant=False)
         return module(*args)
 
@@ -338,15 +340,10 @@ class DSTransUNet(nn.Module):
         skips = []
         for i, (e, r) in enumerate(zip(fine, coarse)):
             if self.use_tif:
-                e, r = self.fusions[i](e, r) if not self._checkpointing() else checkpoint.checkpoint(
-                    self.fusions[i], e, r, use_reentrant=False
-                )
+                e, r = self._run(self.fusions[i], e, r)
             r = F.interpolate(r, size=e.shape[2:], mode="nearest")
             skips.append(self._run(self.skip_blocks[i], torch.cat([e, r], dim=1)))
         return skips
-
-    def _checkpointing(self) -> bool:
-        return self.use_checkpoint and self.training and torch.is_grad_enabled()
 
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, List[torch.Tensor]]:
         size = x.shape[2:]
@@ -357,14 +354,14 @@ class DSTransUNet(nn.Module):
             x = F.pad(x, pad)
         skips = self._skips(x)
         stem_full = self.stem_full(x)
-        stem_half = self._run(self.stem_half, stem_full)
+        stem_half = self._run(self.stem_half, stem_full, cheap=True)
         d = skips[-1]
         n_swin = len(skips) - 1
         for i in range(n_swin):
             d = self._run(self.decoder[i], d, skips[n_swin - 1 - i])
         quarter = d
-        d = self._run(self.decoder[n_swin], d, stem_half)
-        d = self._run(self.decoder[n_swin + 1], d, stem_full)
+        d = self._run(self.decoder[n_swin], d, stem_half, cheap=True)
+        d = self._run(self.decoder[n_swin + 1], d, stem_full, cheap=True)
         out = _crop(self.head(d), size)
         if not (self.deep_supervision and self.training):
             return out

@@ -1,0 +1,309 @@
+"""Speed and memory of TIF and DSTransUNet on this machine; writes a Markdown table.
+
+Every case runs in a fresh Python process, so its peak process memory (``ru_maxrss``) is its own.
+Time is the median of ``--repeats`` runs after one warm-up run.
+
+    python scripts/benchmark.py                      # full run, writes docs/benchmarks.md
+    python scripts/benchmark.py --quick --output /tmp/bench.md
+    python scripts/benchmark.py --authors-code /path/to/DS-TransUNet   # adds the authors' model
+
+``--authors-code`` takes a folder holding the authors' ``lib/DS_TransUNet.py`` made runnable on the
+CPU (their code needs ``timm`` and ``mmseg`` and calls ``.cuda()``); it is never part of this project.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# -- the naive reference: the seed's TIF written with einsum and a materialised attention matrix --
+class NaiveAttention(nn.Module):
+    def __init__(self, dim: int, heads: int, dim_head: int) -> None:
+        super().__init__()
+        inner = heads * dim_head
+        self.heads, self.scale = heads, dim_head**-0.5
+        self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
+        self.to_out = nn.Identity() if (heads == 1 and dim_head == dim) else nn.Sequential(nn.Linear(inner, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = (t.reshape(b, n, self.heads, -1).transpose(1, 2) for t in self.to_qkv(x).chunk(3, dim=-1))
+        attn = (torch.einsum("bhid,bhjd->bhij", q, k) * self.scale).softmax(dim=-1)
+        return self.to_out(torch.einsum("bhij,bhjd->bhid", attn, v).transpose(1, 2).reshape(b, n, -1))
+
+
+class NaivePreNorm(nn.Module):
+    def __init__(self, dim: int, fn: nn.Module) -> None:
+        super().__init__()
+        self.norm, self.fn = nn.LayerNorm(dim), fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(self.norm(x))
+
+
+class NaiveFeedForward(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(0.0), nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class NaiveTransformer(nn.Module):
+    def __init__(self, dim: int, heads: int, dim_head: int, mlp_dim: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            [nn.ModuleList([NaivePreNorm(dim, NaiveAttention(dim, heads, dim_head)), NaivePreNorm(dim, NaiveFeedForward(dim, mlp_dim))])]
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for attn, ff in self.layers:
+            x = attn(x) + x
+            x = ff(x) + x
+        return x
+
+
+class NaiveTIF(nn.Module):
+    """The seed's TIF, in its own parameter layout, as plainly as it can be written."""
+
+    def __init__(self, dim_s: int, dim_l: int, pair: bool = False) -> None:
+        super().__init__()
+        self.transformer_s = NaiveTransformer(dim_s, 3, 32, 128)
+        self.transformer_l = NaiveTransformer(dim_l, 1, 64, 256)
+        self.norm_s, self.norm_l = nn.LayerNorm(dim_s), nn.LayerNorm(dim_l)
+        self.linear_s, self.linear_l = nn.Linear(dim_s, dim_l), nn.Linear(dim_l, dim_s)
+        self.pair = pair
+
+    def forward(self, e: torch.Tensor, r: torch.Tensor):
+        e_seq, r_seq = e.flatten(2).transpose(1, 2), r.flatten(2).transpose(1, 2)
+        e_t = self.linear_l(self.norm_l(e_seq).mean(dim=1)).unsqueeze(1)
+        r_t = self.linear_s(self.norm_s(r_seq).mean(dim=1)).unsqueeze(1)
+        r_out = self.transformer_s(torch.cat([e_t, r_seq], dim=1))[:, 1:].transpose(1, 2).reshape(r.shape)
+        e_out = self.transformer_l(torch.cat([r_t, e_seq], dim=1))[:, 1:].transpose(1, 2).reshape(e.shape)
+        return (e_out, r_out) if self.pair else e_out + r_out
+
+
+# -- one measurement, in a worker process -----------------------------------------------------
+def _peak_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _outputs_sum(out: Any) -> torch.Tensor:
+    outs = out if isinstance(out, (list, tuple)) else [out]
+    return sum(o.float().mean() for o in outs)
+
+
+def _build(case: Dict[str, Any]):
+    torch.manual_seed(0)
+    if case["kind"] in ("tif", "naive_tif"):
+        c, s, b = case["channels"], case["tokens_side"], case["batch"]
+        if case["kind"] == "tif":
+            from bundle.networks import TIF
+
+            model = TIF(c, c)
+        else:
+            model = NaiveTIF(c, c)
+        inputs = (torch.rand(b, c, s, s), torch.rand(b, c, s, s))
+        return model, inputs
+    size = case["size"]
+    x = torch.rand(case.get("batch", 1), 3, size, size)
+    if case["kind"] == "authors":
+        sys.path.insert(0, case["authors_code"])
+        from lib.DS_TransUNet import UNet  # noqa: the authors' code, from outside this project
+
+        return UNet(128, 1), (x,)
+    from bundle.networks import DSTransUNet
+
+    model = DSTransUNet(preset=case["preset"], deep_supervision=True, use_checkpoint=case.get("checkpoint", False))
+    return model, (x,)
+
+
+def run_case(case: Dict[str, Any]) -> Dict[str, Any]:
+    torch.set_num_threads(case["threads"])
+    model, inputs = _build(case)
+    result: Dict[str, Any] = {"params_m": sum(p.numel() for p in model.parameters()) / 1e6}
+    times: List[float] = []
+    if case["mode"] == "forward":
+        model.eval()
+        with torch.no_grad():
+            if case.get("flops"):
+                from torch.utils.flop_counter import FlopCounterMode
+
+                with FlopCounterMode(display=False) as counter:
+                    model(*inputs)
+                result["gflops"] = counter.get_total_flops() / 1e9
+            base = _peak_mb()
+            for _ in range(case["repeats"] + 1):
+                t0 = time.perf_counter()
+                model(*inputs)
+                times.append(time.perf_counter() - t0)
+    else:
+        model.train()
+        base = _peak_mb()
+        for _ in range(case["repeats"] + (1 if case["repeats"] > 1 else 0)):
+            t0 = time.perf_counter()
+            _outputs_sum(model(*inputs)).backward()
+            times.append(time.perf_counter() - t0)
+            model.zero_grad(set_to_none=True)
+    timed = times[1:] if len(times) > 1 else times
+    result.update(seconds=statistics.median(timed), peak_mb=_peak_mb(), step_mb=_peak_mb() - base)
+    return result
+
+
+def measure(case: Dict[str, Any], env_extra: Dict[str, str]) -> Dict[str, Any]:
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), **env_extra)
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(case)],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# -- the report ---------------------------------------------------------------------------------
+def _fmt(value: Any, spec: str) -> str:
+    return format(value, spec) if isinstance(value, (int, float)) else str(value)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", default=os.path.join(REPO, "docs", "benchmarks.md"))
+    parser.add_argument("--quick", action="store_true", help="tiny sizes only (a smoke test of this script)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--authors-code", default=None, help="folder with the authors' code made runnable on CPU")
+    parser.add_argument("--naive-max-side", type=int, default=88, help="largest token grid for the naive TIF "
+                        "(at 128 x 128 it needs about 19 GB)")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(run_case(json.loads(args.worker))))
+        return
+
+    common = {"threads": args.threads, "repeats": 1 if args.quick else args.repeats}
+    lean_env = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Measured by `python scripts/benchmark.py{' --quick' if args.quick else ''}` on {platform.machine()}, "
+        f"{args.threads} threads, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}. CPU only. "
+        "Each case runs in its own process; *peak* is the process's peak resident memory (ru_maxrss, "
+        "interpreter, torch and MONAI included), *step* is how much the measured step added to it. "
+        "Times are medians after a warm-up run.",
+        "",
+    ]
+
+    # 1. TIF against the naive einsum TIF (same math, same parameters)
+    sides = [16, 32] if args.quick else [32, 64, 88, 128]
+    lines += [
+        "## TIF vs. a naive einsum TIF",
+        "",
+        "`TIF(64, 64)` against `NaiveTIF` (the seed's math with a materialised N x N attention matrix, "
+        "in this script), forward + backward, batch 2, 64 channels, both maps with the given tokens.",
+        "",
+        "| tokens | naive s | TIF s | speed-up | naive step MB | TIF step MB | memory ratio | TIF process peak MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for side in sides:
+        case = dict(common, mode="train", channels=64, tokens_side=side, batch=2)
+        if side > args.naive_max_side:  # the naive TIF's attention matrices outgrow the machine
+            naive = {"error": f"not run (> {args.naive_max_side} x {args.naive_max_side})"}
+        else:
+            naive = measure(dict(case, kind="naive_tif"), {})
+        ours = measure(dict(case, kind="tif"), {})
+        print("TIF", side, naive, ours, flush=True)
+        speed = ratio = "-"
+        if "seconds" in naive and "seconds" in ours:
+            speed = f"{naive['seconds'] / ours['seconds']:.1f}x"
+            ratio = f"{naive['step_mb'] / max(ours['step_mb'], 1e-9):.1f}x"
+        lines.append(
+            f"| {side} x {side} | {_fmt(naive.get('seconds', naive.get('error')), '.3f')} "
+            f"| {_fmt(ours.get('seconds', ours.get('error')), '.3f')} | {speed} | {_fmt(naive.get('step_mb', '-'), '.0f')} "
+            f"| {_fmt(ours.get('step_mb', '-'), '.0f')} | {ratio} | {_fmt(ours.get('peak_mb', '-'), '.0f')} |"
+        )
+
+    # 2. DSTransUNet presets (and the authors' model where its code is given)
+    if args.quick:
+        grid = [("tiny", [64])]
+    else:
+        grid = [("tiny", [256, 352, 512]), ("small", [256, 352, 512]), ("base", [256, 352, 512])]
+    lines += [
+        "",
+        "## DSTransUNet presets",
+        "",
+        "Batch 1, 3 input channels, 1 class. *fwd* is inference (eval, no grad); *fwd+bwd* is one "
+        "training step's forward and backward (train mode, deep supervision on). GFLOPs count a "
+        "multiply-add as 2 (torch's FlopCounterMode).",
+        "",
+        "| model | input | params (M) | GFLOPs | fwd s | fwd peak MB | fwd+bwd s | fwd+bwd peak MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    models = [(f"DSTransUNet `{p}`", dict(kind="ds", preset=p), sizes) for p, sizes in grid]
+    if not args.quick:
+        models.append(("DSTransUNet `base`, use_checkpoint", dict(kind="ds", preset="base", checkpoint=True), [512]))
+    if args.authors_code:
+        models.append(("authors' `UNet(128, 1)`", dict(kind="authors", authors_code=os.path.abspath(args.authors_code)), [256, 512]))
+    for label, spec, sizes in models:
+        for size in sizes:
+            fwd = measure(dict(common, **spec, mode="forward", size=size, flops=True), {})
+            train = measure(dict(common, **spec, mode="train", size=size, repeats=1), {})
+            print(label, size, fwd, train, flush=True)
+            lines.append(
+                f"| {label} | {size} | {_fmt(fwd.get('params_m', '-'), '.1f')} | {_fmt(fwd.get('gflops', '-'), '.1f')} "
+                f"| {_fmt(fwd.get('seconds', fwd.get('error')), '.2f')} | {_fmt(fwd.get('peak_mb', '-'), '.0f')} "
+                f"| {_fmt(train.get('seconds', train.get('error')), '.1f')} | {_fmt(train.get('peak_mb', '-'), '.0f')} |"
+            )
+
+    # 3. the 512 training step under glibc's fixed mmap threshold (freed memory goes back to the OS)
+    if not args.quick:
+        lines += [
+            "",
+            "## The 512 x 512 training step with and without heap fragmentation",
+            "",
+            "glibc raises its mmap threshold as large blocks are freed, so freed activations stay in the "
+            "heap and count towards the process's memory. `MALLOC_MMAP_THRESHOLD_=65536` fixes the "
+            "threshold: every large tensor is its own mapping and goes back to the OS when freed. "
+            "The same step, batch 1, forward + backward:",
+            "",
+            "| model | glibc default: s / peak MB | MALLOC_MMAP_THRESHOLD_=65536: s / peak MB |",
+            "|---|---|---|",
+        ]
+        steps = [("DSTransUNet `base`", dict(kind="ds", preset="base")),
+                 ("DSTransUNet `base`, use_checkpoint", dict(kind="ds", preset="base", checkpoint=True))]  # fmt: skip
+        if args.authors_code:
+            steps.append(("authors' `UNet(128, 1)`", dict(kind="authors", authors_code=os.path.abspath(args.authors_code))))
+        for label, spec in steps:
+            case = dict(common, **spec, mode="train", size=512, repeats=1)
+            plain, lean = measure(case, {}), measure(case, lean_env)
+            print(label, plain, lean, flush=True)
+            lines.append(
+                f"| {label} | {_fmt(plain.get('seconds', plain.get('error')), '.1f')} / {_fmt(plain.get('peak_mb', '-'), '.0f')} "
+                f"| {_fmt(lean.get('seconds', lean.get('error')), '.1f')} / {_fmt(lean.get('peak_mb', '-'), '.0f')} |"
+            )
+
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(args.output, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
