@@ -30,6 +30,7 @@ from monai.networks.nets.swin_unetr import (
 from monai.utils import ensure_tuple_rep
 
 from bundle.networks.blocks.mlp import prenorm_mlp
+from bundle.networks.memory import release_heap_in_backward
 
 __all__ = ["FusedWindowAttention", "SwinBlock", "SwinStage", "SwinBranch"]
 
@@ -62,8 +63,8 @@ class FusedWindowAttention(WindowAttention):
             attn_mask = (attn_mask + mask.unsqueeze(1)).repeat(b // mask.shape[0], 1, 1, 1)
         dropout_p = self.attn_drop.p if self.training else 0.0
         out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=attn_mask.to(x.dtype), dropout_p=dropout_p)
-        # SDPA returns (b, heads, n, d) laid out as (b, n, heads, d): this is a view, not a copy
-        return out.transpose(1, 2).reshape(b, n, c)
+        # SDPA returns (b, heads, n, d) laid out as (b, n, heads, d): no copy here
+        return out.transpose(1, 2).contiguous().view(b, n, c)
 
 
 class SwinBlock(SwinTransformerBlock):
@@ -104,6 +105,15 @@ class SwinBlock(SwinTransformerBlock):
         self.window_size = list(window_size)
         self.shift_size = list(shift_size)
         self.shifted = any(s > 0 for s in shift_size)
+
+    def forward(self, x: torch.Tensor, mask_matrix: Optional[torch.Tensor]) -> torch.Tensor:
+        # as MONAI's block, but checkpointing only where there is a backward to save memory for
+        if self.use_checkpoint and torch.is_grad_enabled() and not torch.jit.is_scripting() and not torch.jit.is_tracing():
+            attn = checkpoint.checkpoint(self.forward_part1, x, mask_matrix, use_reentrant=False)
+            x = x + self.drop_path(release_heap_in_backward(attn))
+            return x + release_heap_in_backward(checkpoint.checkpoint(self.forward_part2, x, use_reentrant=False))
+        x = x + self.drop_path(self.forward_part1(x, mask_matrix))
+        return x + self.forward_part2(x)
 
     def forward_part2(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop_path(prenorm_mlp(x, self.norm2, self.mlp))

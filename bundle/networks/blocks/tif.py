@@ -50,7 +50,7 @@ class GlobalSelfAttention(nn.Module):
         out = F.scaled_dot_product_attention(
             qkv[0], qkv[1], qkv[2], dropout_p=self.dropout if self.training else 0.0
         )
-        out = out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)
+        out = out.transpose(1, 2).contiguous().view(b, n, self.num_heads * self.head_dim)
         return self.out_drop(self.out_proj(out))
 
 

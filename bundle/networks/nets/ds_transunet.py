@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -21,6 +21,7 @@ from monai.networks.layers import Pool
 
 from bundle.networks.blocks.swin import SwinBranch, SwinStage
 from bundle.networks.blocks.tif import TIF
+from bundle.networks.memory import release_heap_in_backward
 
 __all__ = ["DSTransUNet", "PRESETS", "convert_authors_state_dict"]
 
@@ -155,6 +156,11 @@ class DSTransUNet(nn.Module):
     Any input size works: the input is zero-padded right/bottom to a multiple of the coarsest
     stride (64 for the presets) and the logits are cropped back to the input's size.
 
+    In training, cheap activations are recomputed in backward rather than stored (window
+    attention, the pre-norm MLPs, the full-resolution conv stages); ``use_checkpoint`` recomputes
+    everything else too. Export with ``torch.jit.trace`` (MONAI's ``PatchEmbed`` cannot be
+    scripted in 2D) or ``torch.onnx.export(..., dynamo=True)``, in eval mode under ``torch.no_grad()``.
+
     Args:
         spatial_dims: 2, or 3 for volumes.
         in_channels: input channels.
@@ -190,7 +196,9 @@ class DSTransUNet(nn.Module):
             ``[main, aux_deep, aux_quarter]`` for ``monai.losses.DeepSupervisionLoss``.
         aux_relu: put a ReLU on the auxiliary logits, as the authors' code does (a bug: it keeps
             their sigmoid at or above 0.5); only to reproduce their model.
-        use_checkpoint: activation checkpointing (recompute activations in backward to save memory).
+        use_checkpoint: activation checkpointing of every Swin block, TIF, skip block and decoder stage,
+            as MONAI's ``SwinUNETR(use_checkpoint=True)``; on the CPU with glibc it also hands freed
+            heap memory back to the OS during backward (see ``bundle.networks.memory``).
     """
 
     def __init__(
@@ -325,11 +333,12 @@ class DSTransUNet(nn.Module):
         )
 
     # -- forward -----------------------------------------------------------------------------
-    def _run(self, module: nn.Module, *args: torch.Tensor, cheap: bool = False) -> torch.Tensor:
+    def _run(self, module: Callable[..., Any], *args: torch.Tensor, cheap: bool = False) -> Any:
         """Run ``module``, recomputing it in backward under ``use_checkpoint``, or always when it is
         ``cheap``: a full-resolution conv stage, whose activations are large and FLOPs few."""
         if (self.use_checkpoint or cheap) and self.training and torch.is_grad_enabled() and not torch.jit.is_tracing():
-            return checkpoint.checkpoint(module, *args, use_reentrant=False)
+            out = checkpoint.checkpoint(module, *args, use_reentrant=False)
+            return release_heap_in_backward(out) if self.use_checkpoint else out
         return module(*args)
 
     def _skips(self, x: torch.Tensor) -> List[torch.Tensor]:
@@ -344,6 +353,9 @@ class DSTransUNet(nn.Module):
             r = F.interpolate(r, size=e.shape[2:], mode="nearest")
             skips.append(self._run(self.skip_blocks[i], torch.cat([e, r], dim=1)))
         return skips
+
+    def _full_resolution(self, x: torch.Tensor, stem_full: torch.Tensor) -> torch.Tensor:
+        return self.head(self.decoder[-1](x, stem_full))
 
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, List[torch.Tensor]]:
         size = x.shape[2:]
@@ -361,8 +373,7 @@ class DSTransUNet(nn.Module):
             d = self._run(self.decoder[i], d, skips[n_swin - 1 - i])
         quarter = d
         d = self._run(self.decoder[n_swin], d, stem_half, cheap=True)
-        d = self._run(self.decoder[n_swin + 1], d, stem_full, cheap=True)
-        out = _crop(self.head(d), size)
+        out = _crop(self._run(self._full_resolution, d, stem_full, cheap=True), size)
         if not (self.deep_supervision and self.training):
             return out
         aux = [self.aux_heads[0](skips[-1]), self.aux_heads[1](quarter)]

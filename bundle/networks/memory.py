@@ -1,0 +1,57 @@
+"""Handing freed CPU memory back to the operating system during a checkpointed backward.
+
+glibc serves blocks of up to 32 MB from its heap (its mmap threshold rises to the largest block
+freed so far), and freed heap pages stay resident: on the CPU a process's memory is that of its
+heap, not that of its live tensors. Under activation checkpointing, whose point is memory, that
+garbage is most of what is left. So, on Linux with glibc, the first checkpointed segment fixes the
+mmap threshold at 4 MB (larger tensors get their own mappings and leave the process when freed;
+a process-wide setting) and each recomputed segment returns the heap's free pages
+(``malloc_trim``) as backward reaches it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+from typing import Any, Optional
+
+import torch
+
+__all__ = ["release_heap_in_backward"]
+
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number, from glibc's malloc.h
+_MMAP_THRESHOLD_BYTES = 4 * 1024 * 1024
+_GLIBC: Optional[Any] = None
+_LOOKED_UP = False
+
+
+def _glibc() -> Optional[Any]:
+    global _GLIBC, _LOOKED_UP
+    if not _LOOKED_UP:
+        _LOOKED_UP = True
+        if sys.platform.startswith("linux"):
+            try:
+                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            except OSError:
+                libc = None
+            if libc is not None and hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt"):
+                libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
+                _GLIBC = libc
+    return _GLIBC
+
+
+def _trim(grad: torch.Tensor) -> None:
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+@torch.jit.unused
+def release_heap_in_backward(output: Any) -> Any:
+    """Return ``output`` (a tensor or a tuple of them); when backward reaches it (CPU, glibc only),
+    the heap's free pages go back to the operating system."""
+    tensor = output[0] if isinstance(output, (tuple, list)) else output
+    if tensor.requires_grad and tensor.device.type == "cpu" and _glibc() is not None:
+        tensor.register_hook(_trim)
+    return output

@@ -1,0 +1,59 @@
+"""Shared fixtures: the naive TIF reference (kept in scripts/benchmark.py), real data, the authors' code."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("DS_TRANSUNET_DATA", REPO.parent / "shared" / "data"))
+REFERENCE = REPO.parent / "shared" / "reference"
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def benchmark_module():
+    spec = importlib.util.spec_from_file_location("ds_benchmark", REPO / "scripts" / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["ds_benchmark"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def authors_key_shapes():
+    """(key, shape) of every tensor of the authors' model, from shared/reference (or skip)."""
+    tsv = REFERENCE / "official_ds_transunet_state_dict.tsv"
+    if not tsv.is_file():
+        pytest.skip(f"the authors' key list is not here: {tsv} (it ships in ../shared/reference)")
+    rows = []
+    for line in tsv.read_text().splitlines():
+        if line and not line.startswith("#"):
+            key, shape = line.split("\t")
+            rows.append((key, tuple(int(s) for s in shape.split("x"))))
+    return rows
+
+
+@pytest.fixture(scope="session")
+def kvasir_dir():
+    path = SHARED_DATA / "kvasir-seg"
+    if not (path / "images").is_dir():
+        pytest.skip(f"Kvasir-SEG not found at {path} (real data lives in ../shared/data, absent on users' machines)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def drive_dir():
+    path = SHARED_DATA / "drive"
+    if not (path / "images").is_dir():
+        pytest.skip(f"DRIVE not found at {path} (real data lives in ../shared/data, absent on users' machines)")
+    return path

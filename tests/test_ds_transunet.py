@@ -1,0 +1,184 @@
+import os
+import sys
+
+import pytest
+import torch
+from monai.losses import DeepSupervisionLoss, DiceCELoss
+
+from bundle.networks import DSTransUNet, convert_authors_state_dict
+
+
+def _zero_drop_path(**kwargs):
+    return DSTransUNet(preset="tiny", drop_path_rate=0.0, coarse_drop_path_rate=0.0, decoder_drop_path_rate=0.0, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "size, in_channels, out_channels",
+    [((64, 64), 3, 1), ((100, 70), 1, 3), ((352, 352), 3, 2), ((300, 420), 1, 1), ((33, 129), 3, 4)],
+)
+def test_output_has_input_size(size, in_channels, out_channels):
+    model = DSTransUNet(preset="tiny", in_channels=in_channels, out_channels=out_channels).eval()
+    with torch.no_grad():
+        out = model(torch.rand(1, in_channels, *size))
+    assert out.shape == (1, out_channels, *size)
+
+
+def test_deep_supervision_in_training_only():
+    model = DSTransUNet(preset="tiny", out_channels=2, deep_supervision=True)
+    x, y = torch.rand(2, 3, 96, 80), torch.randint(0, 2, (2, 1, 96, 80))
+    outs = model.train()(x)
+    assert isinstance(outs, list) and len(outs) == 3 and all(o.shape == (2, 2, 96, 80) for o in outs)
+    loss = DeepSupervisionLoss(DiceCELoss(to_onehot_y=True, softmax=True), weights=[0.6, 0.2, 0.2])(outs, y)
+    loss.backward()
+    assert torch.isfinite(loss)
+    with torch.no_grad():
+        assert model.eval()(x).shape == (2, 2, 96, 80)
+
+
+def test_aux_heads_have_no_relu_unless_asked():
+    assert not any(isinstance(m, torch.nn.ReLU) for m in DSTransUNet(preset="tiny", deep_supervision=True).aux_heads.modules())
+    assert any(isinstance(m, torch.nn.ReLU) for m in DSTransUNet(preset="tiny", deep_supervision=True, aux_relu=True).aux_heads.modules())
+
+
+@pytest.mark.parametrize("use_checkpoint", [False, True])
+def test_every_parameter_gets_a_gradient(use_checkpoint):
+    model = _zero_drop_path(deep_supervision=True, use_checkpoint=use_checkpoint).train()
+    outs = model(torch.rand(2, 3, 64, 64))
+    sum(o.square().mean() for o in outs).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, missing
+    assert sum(bool(p.grad.abs().sum() > 0) for p in model.parameters()) > 0.95 * len(list(model.parameters()))
+
+
+def test_checkpointing_changes_nothing_but_memory():
+    torch.manual_seed(1)
+    plain = _zero_drop_path().train()
+    ckpt = _zero_drop_path(use_checkpoint=True).train()
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.rand(1, 3, 64, 64)
+    out_a, out_b = plain(x), ckpt(x)
+    torch.testing.assert_close(out_a, out_b)
+    out_a.sum().backward()
+    out_b.sum().backward()
+    for (name, a), b in zip(plain.named_parameters(), ckpt.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize(
+    "variant", [dict(dual_scale=False), dict(fusion="concat"), dict(decoder="conv"), dict(dual_scale=False, decoder="conv")]
+)
+def test_ablation_variants(variant):
+    model = DSTransUNet(preset="tiny", **variant).eval()
+    full = DSTransUNet(preset="tiny")
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in full.parameters())
+    assert (model.coarse_branch is None) == (not variant.get("dual_scale", True))
+    assert len(model.fusions) == (4 if variant.get("dual_scale", True) and variant.get("fusion", "tif") == "tif" else 0)
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 64, 96)).shape == (1, 1, 64, 96)
+
+
+def test_presets_and_overrides():
+    tiny = DSTransUNet(preset="tiny")
+    assert sum(p.numel() for p in tiny.parameters()) < 10e6
+    custom = DSTransUNet(preset="tiny", embed_dim=64, num_heads=(2, 4, 8, 16))
+    assert custom.fine_branch.channels == [64, 128, 256, 512]
+    with pytest.raises(ValueError, match="preset"):
+        DSTransUNet(preset="huge")
+    with pytest.raises(ValueError, match="fusion"):
+        DSTransUNet(preset="tiny", fusion="add")
+
+
+def test_3d_volumes():
+    model = DSTransUNet(spatial_dims=3, in_channels=1, out_channels=2, preset="tiny", embed_dim=16,
+                        num_heads=(1, 1, 2, 2), coarse_embed_dim=16, coarse_num_heads=(1, 1, 2, 2), window_size=4).eval()  # fmt: skip
+    with torch.no_grad():
+        assert model(torch.rand(1, 1, 40, 36, 33)).shape == (1, 2, 40, 36, 33)
+
+
+def test_torchscript_round_trip(tmp_path):
+    model = DSTransUNet(preset="tiny").eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        traced = torch.jit.trace(model, x)
+    path = tmp_path / "model.ts"
+    torch.jit.save(traced, str(path))
+    loaded = torch.jit.load(str(path))
+    x2 = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x2), model(x2), atol=1e-5, rtol=1e-5)
+
+
+def _authors_random_state_dict(key_shapes):
+    # relative_position_index is a buffer of indices, not weights: take the real ones
+    index = DSTransUNet(preset="tiny").fine_branch.stages[0].blocks[0].attn.relative_position_index
+    return {k: index.clone() if k.endswith("relative_position_index") else torch.randn(s) * 0.02 for k, s in key_shapes}
+
+
+def test_from_authors_loads_strictly(authors_key_shapes, tmp_path):
+    state = _authors_random_state_dict(authors_key_shapes)
+    assert len(state) == 840
+    assert len(convert_authors_state_dict(state)) == 840
+    model = DSTransUNet.from_authors(state)  # strict: no missing or unexpected keys
+    assert len(model.state_dict()) == 840
+    torch.testing.assert_close(model.head.conv.weight, state["final.weight"])
+    torch.testing.assert_close(model.decoder[0].swin.blocks[1].mlp.linear2.weight, state["layer1.up.layer.blocks.1.mlp.fc2.weight"])
+    torch.testing.assert_close(model.fusions[3].r_token_proj.weight, state["cross_att_4.linear_s.weight"])
+    # a checkpoint file, wrapped and with DataParallel prefixes, works too
+    path = tmp_path / "authors.pth"
+    torch.save({"state_dict": {"module." + k: v for k, v in state.items()}}, path)
+    again = DSTransUNet.from_authors(path)
+    torch.testing.assert_close(again.fine_branch.norms[3].weight, state["encoder.norm3.weight"])
+    with torch.no_grad():
+        outs = again.eval()(torch.rand(1, 3, 64, 64))
+    assert outs.shape == (1, 1, 64, 64)
+
+
+def test_from_authors_bad_input_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.pth"):
+        DSTransUNet.from_authors(tmp_path / "nowhere.pth")
+    with pytest.raises(KeyError, match="final.weight"):
+        DSTransUNet.from_authors({"some.weight": torch.zeros(1)})
+
+
+AUTHORS_CODE = os.environ.get("DS_TRANSUNET_AUTHORS_CODE")
+
+
+@pytest.mark.skipif(not AUTHORS_CODE, reason="set DS_TRANSUNET_AUTHORS_CODE to a CPU-runnable copy of the authors' code "
+                    "(folder holding lib/DS_TransUNet.py) to compare outputs with their model")  # fmt: skip
+def test_same_outputs_as_the_authors_model():
+    sys.path.insert(0, AUTHORS_CODE)
+    from lib.DS_TransUNet import UNet
+
+    torch.manual_seed(0)
+    theirs = UNet(128, 1).eval()
+    with torch.no_grad():
+        for name, p in theirs.named_parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    ours = DSTransUNet.from_authors(theirs.state_dict()).eval()
+    for size in (256, 512):
+        x = torch.rand(1, 3, size, size)
+        with torch.no_grad():
+            expected = theirs(x)
+            assert (ours(x) - expected[0]).abs().max() <= 1e-4
+            # the auxiliary outputs: training mode without stochastic depth
+            ours.train()
+            for m in ours.modules():
+                if type(m).__name__ == "DropPath":
+                    m.eval()
+            for a, b in zip(ours(x)[1:], expected[1:]):
+                assert (a - b).abs().max() <= 1e-4
+            ours.eval()
+
+
+def test_onnx_export_matches(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    model = DSTransUNet(preset="tiny").eval()
+    x = torch.rand(1, 3, 64, 96)
+    path = tmp_path / "model.onnx"
+    with torch.no_grad():
+        torch.onnx.export(model, (x,), str(path), dynamo=True, input_names=["image"], output_names=["pred"])
+        expected = model(x).numpy()
+    (pred,) = ort.InferenceSession(str(path)).run(None, {"image": x.numpy()})
+    assert pred.shape == expected.shape
+    assert abs(pred - expected).max() < 1e-4
