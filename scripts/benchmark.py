@@ -25,7 +25,6 @@ from typing import Any, Dict, List
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -126,7 +125,7 @@ def _build(case: Dict[str, Any]):
     x = torch.rand(case.get("batch", 1), 3, size, size)
     if case["kind"] == "authors":
         sys.path.insert(0, case["authors_code"])
-        from lib.DS_TransUNet import UNet  # noqa: the authors' code, from outside this project
+        from lib.DS_TransUNet import UNet  # the authors' code, from outside this project
 
         return UNet(128, 1), (x,)
     from bundle.networks import DSTransUNet

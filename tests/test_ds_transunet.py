@@ -152,7 +152,7 @@ def test_same_outputs_as_the_authors_model():
     torch.manual_seed(0)
     theirs = UNet(128, 1).eval()
     with torch.no_grad():
-        for name, p in theirs.named_parameters():
+        for p in theirs.parameters():
             p.add_(torch.randn_like(p) * 0.02)
     ours = DSTransUNet.from_authors(theirs.state_dict()).eval()
     for size in (256, 512):

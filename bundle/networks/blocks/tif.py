@@ -9,7 +9,7 @@ transformer encoder runs over them. Attention is global over all tokens of a map
 from __future__ import annotations
 
 import re
-from typing import Optional, Tuple, Union
+from typing import Tuple, Union
 
 import torch
 import torch.nn as nn

@@ -1,0 +1,54 @@
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from monai.networks.nets import BasicUNet, SwinUNETR
+
+from bundle.networks import BasicUNetTIF, SwinUNETRTIF
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "tif_in_your_network.md"
+
+
+def test_docs_example_runs():
+    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
+    assert len(blocks) >= 2
+    for code in blocks:
+        exec(compile(code, str(DOC), "exec"), {"__name__": "docs_example"})
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_basic_unet_tif_loads_plain_weights(spatial_dims):
+    kwargs = dict(spatial_dims=spatial_dims, in_channels=3, out_channels=2, features=(8, 8, 16, 32, 64, 8))
+    plain, tif = BasicUNet(**kwargs), BasicUNetTIF(**kwargs)
+    report = tif.load_state_dict(plain.state_dict(), strict=False)
+    assert not report.unexpected_keys
+    assert report.missing_keys and all(k.startswith("fusions.") for k in report.missing_keys)
+    torch.testing.assert_close(tif.conv_0.conv_0.conv.weight, plain.conv_0.conv_0.conv.weight)
+    x = torch.rand(1, 3, *([64] * spatial_dims))
+    out = tif(x)
+    assert out.shape == (1, 2) + (64,) * spatial_dims
+    out.mean().backward()
+    assert all(p.grad is not None for p in tif.fusions.parameters())
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_swin_unetr_tif_loads_plain_weights(spatial_dims):
+    kwargs = dict(in_channels=1, out_channels=3, feature_size=12, spatial_dims=spatial_dims)
+    plain = SwinUNETR(**kwargs)
+    tif = SwinUNETRTIF(**kwargs, tif_levels=(2, 3, 4))
+    report = tif.load_state_dict(plain.state_dict(), strict=False)
+    assert not report.unexpected_keys
+    assert report.missing_keys and all(k.startswith(("swinViT.coarse.", "swinViT.fusions.")) for k in report.missing_keys)
+    torch.testing.assert_close(tif.swinViT.fine.layers1[0].blocks[0].attn.qkv.weight, plain.swinViT.layers1[0].blocks[0].attn.qkv.weight)
+    tif.init_coarse_from_fine()
+    torch.testing.assert_close(tif.swinViT.coarse.layers1[0].blocks[0].attn.qkv.weight, plain.swinViT.layers1[0].blocks[0].attn.qkv.weight)
+    x = torch.rand(1, 1, *([64] * spatial_dims))
+    assert tif(x).shape == (1, 3) + (64,) * spatial_dims
+
+
+def test_bad_levels_are_named():
+    with pytest.raises(ValueError, match="tif_levels"):
+        BasicUNetTIF(tif_levels=(5,))
+    with pytest.raises(ValueError, match="tif_levels"):
+        SwinUNETRTIF(1, 2, spatial_dims=2, tif_levels=(7,))
