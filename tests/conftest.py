@@ -43,17 +43,18 @@ def authors_key_shapes():
     return rows
 
 
+def _shared_dataset(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not (path / "images").is_dir():
+        pytest.skip(f"{name} not found at {path} (real data lives in ../shared/data, absent on users' machines)")
+    return path
+
+
 @pytest.fixture(scope="session")
 def kvasir_dir():
-    path = SHARED_DATA / "kvasir-seg"
-    if not (path / "images").is_dir():
-        pytest.skip(f"Kvasir-SEG not found at {path} (real data lives in ../shared/data, absent on users' machines)")
-    return path
+    return _shared_dataset("kvasir-seg")
 
 
 @pytest.fixture(scope="session")
 def drive_dir():
-    path = SHARED_DATA / "drive"
-    if not (path / "images").is_dir():
-        pytest.skip(f"DRIVE not found at {path} (real data lives in ../shared/data, absent on users' machines)")
-    return path
+    return _shared_dataset("drive")
