@@ -1,0 +1,250 @@
+"""Checkpoint files: written atomically, resumable, and loaded with a clear error when they do not fit.
+
+- :class:`AtomicCheckpointSaver`: MONAI's ``CheckpointSaver`` writing every file atomically (MONAI
+  turns ignite's atomic writes off) and never deleting a checkpoint before its successor is on disk;
+  its best-metric state can ride in the resumable checkpoint, so a resumed run keeps its best.
+- :class:`ResumeCheckpointLoader`: restores network, optimizer, scheduler, trainer and best metric
+  when ``--resume true``, and says clearly when there is nothing to resume from.
+- :func:`load_model_weights`: puts ``models/model.pt`` into a network for evaluation or inference.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Union
+
+import torch
+from ignite.engine import Engine
+from ignite.handlers import DiskSaver
+from monai.handlers import CheckpointLoader, CheckpointSaver
+
+from bundle.errors import BundleInputError
+
+__all__ = ["AtomicDiskSaver", "AtomicCheckpointSaver", "ResumeCheckpointLoader", "load_model_weights"]
+
+logger = logging.getLogger(__name__)
+
+
+class AtomicDiskSaver(DiskSaver):
+    """ignite ``DiskSaver`` that writes to a temporary file, fsyncs and renames it into place.
+
+    A reader (or a run killed mid-write) sees the old file or the new one, never a partial one.
+    Removal of superseded checkpoints is deferred until the next one is safely written, and with a
+    fixed ``filename`` nothing is removed at all: the rename replaces the old file.
+
+    Args:
+        dirname: folder of the checkpoints (created).
+        filename: a fixed file name for every save (e.g. ``model.pt``), or ``None`` for ignite's names.
+    """
+
+    def __init__(self, dirname: Union[str, Path], filename: Optional[str] = None, **kwargs: Any) -> None:
+        super().__init__(dirname=dirname, atomic=True, create_dir=True, require_empty=False, **kwargs)
+        self.filename = filename
+        self._pending_removal: List[str] = []
+        from ignite import distributed as idist
+
+        if idist.get_rank() == self.save_on_rank:
+            self._remove_stale_temporaries()
+
+    def _remove_stale_temporaries(self) -> None:
+        """Delete ``.<name>.<pid>.tmp`` files left by a process killed while writing."""
+        for tmp in self.dirname.glob(".*.tmp"):
+            pid = tmp.name.rsplit(".", 2)[-2]
+            if not pid.isdigit() or int(pid) == os.getpid():
+                continue
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                tmp.unlink(missing_ok=True)
+            except PermissionError:  # alive, someone else's
+                pass
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Optional[Mapping] = None) -> None:
+        filename = self.filename or filename
+        from ignite import distributed as idist
+
+        if self.save_on_rank != idist.get_rank():
+            return
+        path = self.dirname / filename
+        tmp = self.dirname / f".{filename}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f, **self.kwargs)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        self._fsync_dir()
+        for old in self._pending_removal:
+            if old != filename:
+                (self.dirname / old).unlink(missing_ok=True)
+        self._pending_removal = []
+
+    def _fsync_dir(self) -> None:
+        try:
+            fd = os.open(self.dirname, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    def remove(self, filename: str) -> None:
+        if self.filename is None:
+            self._pending_removal.append(filename)
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI ``CheckpointSaver`` (same arguments) with atomic writes, plus ``state_dict``/``load_state_dict``
+    of its key-metric tracking and the attached engine's ``best_metric``/``best_metric_epoch``.
+
+    Put the best-model saver (attached to the evaluator) into the resumable checkpoint's
+    ``save_dict``; when a run resumes, ``CheckpointLoader`` restores it, so the best model file is
+    only replaced by a better one and the logs keep reporting the true best.
+
+    Args:
+        interval_filename: a fixed file name for the every-N-epochs checkpoint (replaced atomically
+            each time), instead of ``checkpoint_epoch=N.pt`` names.
+        save_engine_as: also save the engine this handler is attached to (the trainer) under this key.
+        others: as MONAI's ``CheckpointSaver``.
+    """
+
+    def __init__(
+        self,
+        save_dir: str,
+        save_dict: Dict,
+        key_metric_filename: Optional[str] = None,
+        interval_filename: Optional[str] = None,
+        save_engine_as: Optional[str] = None,
+        **kwargs: Any,
+    ) -> None:
+        save_dict = dict(save_dict)
+        super().__init__(save_dir=save_dir, save_dict=save_dict, key_metric_filename=key_metric_filename, **kwargs)
+        self.save_engine_as = save_engine_as
+        self._engine: Optional[Engine] = None
+        self._pending_best: Optional[Dict[str, Any]] = None
+        if self._final_checkpoint is not None:
+            self._final_checkpoint.save_handler = AtomicDiskSaver(save_dir, self._final_filename)
+        if self._key_metric_checkpoint is not None:
+            self._key_metric_checkpoint.save_handler = AtomicDiskSaver(save_dir, key_metric_filename)
+        if self._interval_checkpoint is not None:
+            self._interval_checkpoint.save_handler = AtomicDiskSaver(save_dir, interval_filename)
+
+    def attach(self, engine: Engine) -> None:
+        if self.save_engine_as:
+            # the engine cannot be named in its own config (a circular reference): add it here; the
+            # ignite Checkpoints share this dict
+            self.save_dict[self.save_engine_as] = engine
+        super().attach(engine)
+        self._engine = engine
+        self._apply_best()
+
+    def _apply_best(self) -> None:
+        if self._engine is not None and self._pending_best is not None:
+            self._engine.state.best_metric = self._pending_best["best_metric"]
+            self._engine.state.best_metric_epoch = self._pending_best["best_metric_epoch"]
+            self._pending_best = None
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Key-metric tracking list and the engine's best metric so far (plain numbers and strings)."""
+        state: Dict[str, Any] = {}
+        if self._key_metric_checkpoint is not None:
+            state["key_metric"] = {k: list(v) for k, v in self._key_metric_checkpoint.state_dict().items()}
+        if self._engine is not None:
+            state["best_metric"] = float(self._engine.state.best_metric)
+            state["best_metric_epoch"] = int(self._engine.state.best_metric_epoch)
+        elif self._pending_best is not None:
+            state.update(self._pending_best)
+        return state
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        if self._key_metric_checkpoint is not None and state_dict.get("key_metric") is not None:
+            self._key_metric_checkpoint.load_state_dict(state_dict["key_metric"])
+        if "best_metric" in state_dict:
+            self._pending_best = {
+                "best_metric": float(state_dict["best_metric"]),
+                "best_metric_epoch": int(state_dict["best_metric_epoch"]),
+            }
+            self._apply_best()
+
+
+class ResumeCheckpointLoader:
+    """MONAI ``CheckpointLoader`` that restores a training run when ``resume`` is true and does nothing otherwise.
+
+    Args:
+        load_path: the resumable checkpoint (must exist when resuming).
+        load_dict: objects to restore (network, optimizer, scheduler, best-model saver); ``None``
+            values are left out.
+        resume: whether to restore at all.
+        load_engine_as: also restore the engine this handler is attached to (the trainer: epoch and
+            iteration count) from this key.
+        map_location: ``torch.load`` map location.
+
+    Raises:
+        BundleInputError: ``resume`` is true and there is no checkpoint at ``load_path``.
+    """
+
+    def __init__(
+        self,
+        load_path: Union[str, Path],
+        load_dict: Mapping[str, Any],
+        resume: bool = False,
+        load_engine_as: Optional[str] = "trainer",
+        map_location: Any = None,
+    ) -> None:
+        self.resume = bool(resume)
+        self.load_path = Path(load_path)
+        self.load_dict = {k: v for k, v in load_dict.items() if v is not None}
+        self.load_engine_as = load_engine_as
+        self.map_location = map_location
+        if self.resume and not self.load_path.is_file():
+            raise BundleInputError(
+                f"--resume true but there is no checkpoint to resume from at {self.load_path}: run without --resume "
+                "to start a new training, or set --ckpt_dir to the folder of the run to resume."
+            )
+
+    def attach(self, engine: Engine) -> None:
+        if not self.resume:
+            return
+        load_dict = dict(self.load_dict)
+        if self.load_engine_as:
+            load_dict[self.load_engine_as] = engine
+        loader = CheckpointLoader(str(self.load_path), load_dict, map_location=self.map_location)
+        loader.attach(engine)
+        logger.info("Resuming training from %s.", self.load_path)
+
+
+def load_model_weights(network: torch.nn.Module, path: Union[str, Path], map_location: Any = "cpu") -> torch.nn.Module:
+    """Load a state dict saved by training (``models/model.pt``) into ``network`` and return it.
+
+    Raises:
+        BundleInputError: no file at ``path``, or its weights do not fit ``network`` (trained with
+            another preset or channel count).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BundleInputError(f"no trained model at {path}: train first (configs/train.yaml) or set --model_path.")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise BundleInputError(f"cannot read the model file {path}: {type(e).__name__}: {e}") from e
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    target = network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
+    try:
+        target.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise BundleInputError(
+            f"{path} does not fit this network ({first}): give the --preset, --in_channels and --out_channels "
+            "it was trained with."
+        ) from e
+    logger.info("Loaded the network weights from %s.", path)
+    return network

@@ -1,0 +1,54 @@
+"""Input errors that the bundle reports as one clear line instead of a traceback.
+
+Library code raises :class:`BundleInputError` like any exception (so Python callers and tests can
+catch it). MONAI's config parser wraps exceptions raised while it builds a component
+(``RuntimeError("Failed to instantiate ...") from e``), so on the command line the user would see a
+long chained traceback; :func:`install_cli_error_hook`, run from each config's ``initialize`` list,
+prints the :class:`BundleInputError` found anywhere in the chain as a single ``ERROR:`` line.
+"""
+
+from __future__ import annotations
+
+import sys
+from types import TracebackType
+from typing import Optional, Type
+
+__all__ = ["BundleInputError", "find_input_error", "install_cli_error_hook"]
+
+
+class BundleInputError(ValueError):
+    """Bad user input (missing folder, unpaired or unreadable file, size or channel mismatch, bad setting)."""
+
+
+def find_input_error(exc: Optional[BaseException]) -> Optional[BundleInputError]:
+    """The first :class:`BundleInputError` in ``exc``'s cause/context chain, or ``None``."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, BundleInputError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def install_cli_error_hook() -> bool:
+    """Make an uncaught :class:`BundleInputError` (however wrapped) print one ``ERROR:`` line and exit 1.
+
+    Other exceptions keep Python's usual traceback. Installing twice is harmless. Returns ``True`` so
+    that a config's ``initialize`` list shows a value.
+    """
+    previous = sys.excepthook
+    if getattr(previous, "_bundle_input_error_hook", False):
+        return True
+
+    def hook(exc_type: Type[BaseException], exc: BaseException, tb: Optional[TracebackType]) -> None:
+        error = find_input_error(exc)
+        if error is None:
+            previous(exc_type, exc, tb)
+            return
+        sys.stderr.write(f"ERROR: {error}\n")
+        sys.stderr.flush()
+
+    hook._bundle_input_error_hook = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
+    return True

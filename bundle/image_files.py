@@ -1,0 +1,195 @@
+"""Reading and writing 2D image and mask files, in one orientation everywhere.
+
+Arrays are (channels, rows, columns) with row 0 at the top of the picture, as PIL and numpy see an
+image. MONAI's ``PILReader`` transposes 2D images unless told otherwise; this module does not, so
+an image, its mask and the PNGs written for them line up without any flip. NIfTI slices are taken
+as stored: the first array axis is the row.
+
+Supported: PNG, JPEG, TIFF, BMP, GIF (first frame), NIfTI (``.nii``/``.nii.gz``). Images become
+1 channel (grayscale, 16-bit, float) or 3 channels (RGB; palette, RGBA and CMYK are converted to
+RGB, alpha is dropped). Masks always become 1 channel: palette masks keep their indices (label
+maps), RGB masks are converted to gray.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Tuple, Union
+
+import numpy as np
+from PIL import Image
+
+from bundle.errors import BundleInputError
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "ImageInfo",
+    "split_name",
+    "read_info",
+    "read_array",
+    "write_png",
+]
+
+PathLike = Union[str, Path]
+
+IMAGE_SUFFIXES: Tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".nii", ".nii.gz")
+_ONE_CHANNEL_MODES = {"1", "L", "LA", "La", "I", "F"}
+_NIFTI = (".nii", ".nii.gz")
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """Size and channel count of an image file, as the bundle will load it."""
+
+    height: int
+    width: int
+    channels: int
+
+    @property
+    def size(self) -> Tuple[int, int]:
+        """(height, width)."""
+        return self.height, self.width
+
+
+def split_name(path: PathLike) -> Optional[Tuple[str, str]]:
+    """``(stem, suffix)`` of a supported image file name (``.nii.gz`` counts as one suffix), else ``None``."""
+    name = Path(path).name
+    lower = name.lower()
+    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
+        if lower.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)], suffix
+    return None
+
+
+def _is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith(_NIFTI)
+
+
+def _is_tiff(path: Path) -> bool:
+    return path.suffix.lower() in (".tif", ".tiff")
+
+
+def _pil_channels(mode: str, as_mask: bool) -> int:
+    if as_mask or mode in _ONE_CHANNEL_MODES or mode.startswith("I;"):
+        return 1
+    return 3
+
+
+def _array_layout(shape: Tuple[int, ...], path: Path) -> Tuple[int, int, int]:
+    """(rows, cols, channels) of a NIfTI/TIFF array shape: (H, W), (H, W, C), (H, W, 1, C) or (C, H, W)."""
+    dims = [int(s) for s in shape]
+    if len(dims) == 4 and dims[2] == 1:
+        dims = [dims[0], dims[1], dims[3]]
+    if len(dims) == 3 and dims[2] == 1:
+        dims = dims[:2]
+    if len(dims) == 2:
+        return dims[0], dims[1], 1
+    if len(dims) == 3 and dims[2] <= 4:
+        return dims[0], dims[1], dims[2]
+    if len(dims) == 3 and dims[0] <= 4:
+        return dims[1], dims[2], dims[0]
+    raise BundleInputError(
+        f"{path}: array shape {tuple(shape)} is not a 2D image (this bundle segments 2D images: "
+        "rows x columns, optionally with up to 4 channels)."
+    )
+
+
+def read_info(path: PathLike, as_mask: bool = False) -> ImageInfo:
+    """Size and channel count from the file header (no pixel decoding).
+
+    Raises:
+        BundleInputError: the file is missing or not a readable image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BundleInputError(f"file not found: {path}")
+    try:
+        if _is_nifti(path):
+            import nibabel as nib
+
+            rows, cols, channels = _array_layout(tuple(nib.load(str(path)).shape), path)
+            return ImageInfo(rows, cols, 1 if as_mask else channels)
+        try:
+            with Image.open(path) as im:
+                return ImageInfo(im.height, im.width, _pil_channels(im.mode, as_mask))
+        except Exception:
+            if not _is_tiff(path):
+                raise
+            import tifffile
+
+            with tifffile.TiffFile(str(path)) as tif:
+                rows, cols, channels = _array_layout(tuple(tif.series[0].shape), path)
+            return ImageInfo(rows, cols, 1 if as_mask else channels)
+    except BundleInputError:
+        raise
+    except Exception as e:
+        raise BundleInputError(f"cannot read image file {path}: {type(e).__name__}: {e}") from e
+
+
+def _hwc(array: np.ndarray, path: Path) -> np.ndarray:
+    rows, cols, channels = _array_layout(array.shape, path)
+    if array.shape[:2] == (rows, cols):
+        return array.reshape(rows, cols, channels)
+    return np.moveaxis(array.reshape(channels, rows, cols), 0, -1)  # planar (C, H, W)
+
+
+def read_array(path: PathLike, as_mask: bool = False) -> np.ndarray:
+    """Pixels as a (C, H, W) array (C is 1 or 3 for images, 1 for masks), row 0 at the top.
+
+    Raises:
+        BundleInputError: the file is missing or cannot be decoded; the message names it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BundleInputError(f"file not found: {path}")
+    try:
+        if _is_nifti(path):
+            import nibabel as nib
+
+            hwc = _hwc(np.asanyarray(nib.load(str(path)).dataobj), path)
+        else:
+            try:
+                hwc = _read_pil(path, as_mask)
+            except Exception:
+                if not _is_tiff(path):
+                    raise
+                import tifffile
+
+                hwc = _hwc(tifffile.imread(str(path)), path)
+        if as_mask and hwc.shape[2] > 1:
+            hwc = hwc[..., :3].mean(axis=2, keepdims=True)  # colour mask: its gray level
+        return np.ascontiguousarray(np.moveaxis(hwc, -1, 0))
+    except BundleInputError:
+        raise
+    except Exception as e:
+        raise BundleInputError(f"cannot read image file {path}: {type(e).__name__}: {e}") from e
+
+
+def _read_pil(path: Path, as_mask: bool) -> np.ndarray:
+    with Image.open(path) as im:
+        im.seek(0)  # multi-frame GIF/TIFF: the first frame
+        mode = im.mode
+        if as_mask:
+            if mode == "P":
+                array = np.asarray(im)  # palette indices are the labels
+            elif mode in ("1", "LA", "La") or mode not in _ONE_CHANNEL_MODES and not mode.startswith("I;"):
+                array = np.asarray(im.convert("L"))
+            else:
+                array = np.asarray(im)
+        elif mode in ("1", "LA", "La"):
+            array = np.asarray(im.convert("L"))
+        elif mode in _ONE_CHANNEL_MODES or mode.startswith("I;"):
+            array = np.asarray(im)
+        else:
+            array = np.asarray(im.convert("RGB"))
+    if array.ndim == 2:
+        array = array[..., None]
+    return array
+
+
+def write_png(path: PathLike, array: np.ndarray) -> None:
+    """Write an (H, W) or (H, W, 3) uint8 array as PNG; the parent folder is created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(array.astype(np.uint8))).save(path)

@@ -1,0 +1,203 @@
+"""MONAI dictionary transforms the configs use where MONAI has none that fits.
+
+- :class:`LoadImage2Dd`: loads any supported 2D file (see :mod:`bundle.image_files`) as a
+  (C, H, W) ``MetaTensor`` in the picture's own orientation (MONAI's ``PILReader`` would transpose it),
+  naming the file when it cannot.
+- :class:`PrepareMaskd`: turns a loaded mask into the label the loss needs: binary 0/1 from any
+  0/1 or 0/255 encoding (JPEG noise thresholded away), or a checked multi-class label map.
+- :class:`SavePredictionPNGd`: writes each prediction as a mask PNG at the input's size and an overlay
+  PNG (prediction filled red, ground truth outlined green when known) for a person to look at.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Hashable, Mapping, Optional, Union
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform
+
+from bundle.errors import BundleInputError
+from bundle.image_files import read_array, split_name, write_png
+
+__all__ = ["LoadImage2Dd", "PrepareMaskd", "SavePredictionPNGd", "binarize_mask"]
+
+
+def _filename(value: Any) -> str:
+    if isinstance(value, MetaTensor):
+        return str(value.meta.get("filename_or_obj", "<unnamed>"))
+    return "<unnamed>"
+
+
+class LoadImage2Dd(MapTransform):
+    """Load 2D image (or mask) files named under ``keys`` as float32 (C, H, W) ``MetaTensor``s.
+
+    Row 0 is the top of the picture, as in PIL and numpy, for images and masks alike, so outputs
+    written back as PNGs line up with the input. ``meta["filename_or_obj"]`` keeps the path (for
+    MetricsSaver and output names).
+
+    Args:
+        keys: keys holding file paths.
+        as_mask: load as a mask: one channel; palette indices kept, colour converted to gray.
+        allow_missing_keys: skip keys that are absent.
+    """
+
+    def __init__(self, keys: KeysCollection, as_mask: bool = False, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.as_mask = as_mask
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            path = str(d[key])
+            array = read_array(path, as_mask=self.as_mask).astype(np.float32)
+            meta = {"filename_or_obj": path, "spatial_shape": np.asarray(array.shape[1:]), "original_channel_dim": 0}
+            d[key] = MetaTensor(torch.from_numpy(array), affine=torch.eye(3, dtype=torch.float64), meta=meta)
+        return d
+
+
+def binarize_mask(mask: np.ndarray) -> np.ndarray:
+    """Foreground of a binary mask, whatever its encoding: 0/1, 0/255, 0/65535, or lossy JPEG.
+
+    Two distinct values: the larger is foreground. Otherwise (JPEG noise, soft edges) threshold
+    at half the range: 0.5 for masks up to 1, 127.5 for 8-bit, half the maximum above that.
+    """
+    values = np.unique(mask)
+    if values.size == 2:
+        return mask > values[0]
+    peak = float(values.max()) if values.size else 0.0
+    threshold = 0.5 if peak <= 1 else 127.5 if peak <= 255 else peak / 2
+    return mask > threshold
+
+
+def _shown(values: np.ndarray, limit: int = 10) -> str:
+    """The first ``limit`` values for a message, whole numbers without a decimal point."""
+    shown = [int(v) if float(v).is_integer() else float(v) for v in values[:limit]]
+    return str(shown)[:-1] + (", ...]" if values.size > limit else "]")
+
+
+class PrepareMaskd(MapTransform):
+    """Make the training label from a loaded mask.
+
+    ``out_channels == 1`` (binary, sigmoid output): any 0/1 or 0/255 encoding becomes 0/1
+    (:func:`binarize_mask`). ``out_channels > 1`` (classes, softmax output): the mask must be a
+    label map with integer values ``0 .. out_channels - 1``; anything else is an error naming the file.
+    The result is uint8 (small to cache); cast to float after the random crops.
+    """
+
+    def __init__(self, keys: KeysCollection, out_channels: int = 1, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if out_channels < 1:
+            raise BundleInputError(f"out_channels must be 1 (binary) or the number of classes, got {out_channels}.")
+        self.out_channels = out_channels
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            mask = d[key]
+            array = mask.numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+            if self.out_channels == 1:
+                label = binarize_mask(array)
+            else:
+                values = np.unique(array)
+                bad = values[(values != np.round(values)) | (values < 0) | (values >= self.out_channels)]
+                if bad.size:
+                    raise BundleInputError(
+                        f"mask {_filename(mask)} has values {_shown(values)} but out_channels={self.out_channels} "
+                        f"needs label values 0..{self.out_channels - 1} (binary masks need --out_channels 1)."
+                    )
+                label = array
+            out = torch.from_numpy(np.ascontiguousarray(label.astype(np.uint8)))
+            d[key] = MetaTensor(out, meta=dict(mask.meta)) if isinstance(mask, MetaTensor) else out
+        return d
+
+
+# overlay colours per class (class 0, the background, is not drawn)
+_PALETTE = np.array(
+    [[0, 0, 0], [255, 40, 40], [40, 120, 255], [255, 210, 0], [200, 0, 255], [0, 230, 230], [255, 130, 0]],
+    dtype=np.float32,
+)
+
+
+def _label_map(tensor: Any) -> np.ndarray:
+    """(H, W) integer labels from a (C, H, W) prediction: binary 0/1 for C == 1, argmax of one-hot otherwise."""
+    array = tensor.detach().cpu().numpy() if isinstance(tensor, torch.Tensor) else np.asarray(tensor)
+    if array.shape[0] == 1:
+        return (array[0] > 0.5).astype(np.uint8)
+    return np.argmax(array, axis=0).astype(np.uint8)
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    """Pixels of ``mask`` with a 4-neighbour outside it."""
+    padded = np.pad(mask, 1, mode="constant")
+    inner = padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return mask & ~inner
+
+
+def _display_rgb(image: Any) -> np.ndarray:
+    """(H, W, 3) uint8 of a (C, H, W) image, stretched to 0..255."""
+    array = image.detach().cpu().float().numpy() if isinstance(image, torch.Tensor) else np.asarray(image, np.float32)
+    array = array[:3] if array.shape[0] >= 3 else np.repeat(array[:1], 3, axis=0)
+    low, high = float(array.min()), float(array.max())
+    array = (array - low) / (high - low) if high > low else np.zeros_like(array)
+    return np.moveaxis(array * 255.0, 0, -1)
+
+
+class SavePredictionPNGd(MapTransform):
+    """Write ``<name>_mask.png`` and ``<name>_overlay.png`` for each prediction.
+
+    The mask PNG has the prediction's (= the input's) height and width: 0/255 for a binary model,
+    the class index per pixel for a multi-class one. The overlay shows the image with the
+    prediction filled in red (classes in colours) and, when a label is given, the ground truth's
+    outline in green.
+
+    Args:
+        keys: the prediction key (after activation and thresholding/argmax).
+        output_dir: folder for the PNGs (created).
+        image_key: the input image, for the overlay and for the default name.
+        label_key: optional ground-truth key (binary 0/1 or one-hot) to outline.
+        name_key: optional key holding the output name; default: the input file's stem.
+        alpha: opacity of the prediction fill.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        output_dir: Union[str, Path],
+        image_key: str = "image",
+        label_key: Optional[str] = None,
+        name_key: Optional[str] = "name",
+        alpha: float = 0.45,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.output_dir = Path(output_dir)
+        self.image_key, self.label_key, self.name_key = image_key, label_key, name_key
+        self.alpha = alpha
+
+    def _name(self, d: Mapping[Hashable, Any]) -> str:
+        if self.name_key and isinstance(d.get(self.name_key), str):
+            return d[self.name_key]
+        path = _filename(d[self.image_key])
+        return (split_name(path) or (Path(path).stem, ""))[0]
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+        d = dict(data)
+        name = self._name(d)
+        for key in self.key_iterator(d):
+            labels = _label_map(d[key])
+            binary = d[key].shape[0] == 1
+            write_png(self.output_dir / f"{name}_mask.png", labels * 255 if binary else labels)
+            overlay = _display_rgb(d[self.image_key])
+            colours = _PALETTE[np.minimum(labels, len(_PALETTE) - 1)]
+            fill = (labels > 0)[..., None]
+            overlay = np.where(fill, (1 - self.alpha) * overlay + self.alpha * colours, overlay)
+            edge = _outline(labels > 0)
+            overlay[edge] = colours[edge]
+            if self.label_key and self.label_key in d:
+                overlay[_outline(_label_map(d[self.label_key]) > 0)] = (0, 255, 0)
+            write_png(self.output_dir / f"{name}_overlay.png", np.clip(overlay, 0, 255))
+        return d

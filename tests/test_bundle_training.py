@@ -1,0 +1,329 @@
+"""The bundle end to end on small settings: training on the demo data, evaluation and inference on its
+output, real-data training through --dataset_dir, resume after SIGKILL, DDP with gloo, metadata
+(issue 3, items 1-8). Each run is a subprocess of MONAI's own CLI, as a user would type it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = REPO.parent / "shared" / "monai" / "meta_schema_20240725.json"
+
+# tiny and quick: 12 demo pairs (10 train, 1 validation, 1 test), 64-pixel crops
+SMALL = ["--demo_count", "12", "--roi_size", "[64, 64]", "--batch_size", "4", "--crops_per_image", "2", "--val_interval", "1"]
+
+
+def _env() -> dict:
+    return dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+
+
+def run_bundle(args, timeout: int = 400) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle run ...`` from the repository root, as the README says."""
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", *[str(a) for a in args]],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result
+
+
+def train_args(root: Path, *extra) -> list:
+    return ["training", "--config_file", "configs/train.yaml", "--bundle_root", root, *SMALL, *extra]
+
+
+def epochs_logged(log: str) -> list:
+    """Trainer epochs in StatsHandler's per-epoch lines, in order."""
+    return [int(e) for e in re.findall(r"Epoch\[(\d+)\] Metrics -- train_loss", log)]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """One short training on the demo data; evaluation and inference tests use its outputs."""
+    root = tmp_path_factory.mktemp("demo_bundle")
+    result = run_bundle(train_args(root, "--max_epochs", "2"))
+    return root, result
+
+
+def test_training_on_demo_data(demo_run):
+    root, result = demo_run
+    log = result.stdout + result.stderr
+    assert "DEMO DATA" in log and "not medicine" in log
+    assert epochs_logged(log) == [1, 2]
+    assert re.search(r"val_mean_dice: [0-9.]+", log) and re.search(r"val_mean_iou: [0-9.]+", log)
+    assert "train:" in result.stderr or "it/s" in result.stderr or "s/it" in result.stderr  # the progress bar
+    models = root / "models"
+    state = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
+    assert "head.conv.weight" in state or any(k.startswith("head") for k in state)
+    resumable = torch.load(models / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert set(resumable) >= {"model", "optimizer", "lr_scheduler", "trainer", "best_model_saver"}
+    assert resumable["trainer"]["epoch"] == 2
+    assert resumable["best_model_saver"]["best_metric_epoch"] in (1, 2)
+    split = json.loads((root / "runs" / "train" / "datalist.json").read_text())
+    assert [len(split[s]) for s in ("training", "validation", "test")] == [10, 1, 1]
+    assert list((root / "runs" / "train" / "tensorboard").glob("events.out.tfevents.*"))
+    assert not list(models.glob(".*.tmp"))
+
+
+def test_run_id_training_and_default_run_are_the_same():
+    """`run training` (the issue's command) and plain `run` (MONAI's default id) start the same workflow."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "configs" / "train.yaml"))
+    assert parser["training"] == "@run" and parser["run"] == ["$@train#trainer.run()"]
+    assert isinstance(parser.get_parsed_content("learning_rate"), float)  # 1.0e-3, not the string '1e-3'
+
+
+def test_evaluate_writes_per_image_metrics_summary_and_pngs(demo_run):
+    root, _ = demo_run
+    out = root / "eval"
+    run_bundle(["--config_file", "configs/evaluate.yaml", "--bundle_root", root, "--split", "validation"])
+    with open(out / "mean_dice_raw.csv") as f:
+        rows = list(csv.reader(f, delimiter="\t"))
+    split = json.loads((root / "runs" / "train" / "datalist.json").read_text())
+    image = split["validation"][0]["image"]
+    assert rows[1][0] == image and 0.0 <= float(rows[1][1]) <= 1.0
+    assert (out / "mean_iou_raw.csv").is_file()
+    summary = (out / "metric_summary.csv").read_text()
+    assert "mean_dice" in summary and "mean_iou" in summary
+    stem = Path(image).stem
+    mask = Image.open(out / "predictions" / f"{stem}_mask.png")
+    assert mask.size == Image.open(image).size
+    assert (out / "predictions" / f"{stem}_overlay.png").is_file()
+
+
+def test_inference_any_size_and_unreadable_files(demo_run, tmp_path):
+    root, _ = demo_run
+    images = sorted((root / "runs" / "train" / "demo_data" / "images").glob("*.png"))[:3]
+    odd = tmp_path / "odd_size.png"
+    Image.open(images[0]).crop((0, 0, 83, 41)).save(odd)  # smaller than a window on one side
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    inputs = json.dumps([str(p) for p in [*images, odd, broken]])
+    out = tmp_path / "out"
+    result = run_bundle(["--config_file", "configs/inference.yaml", "--bundle_root", root, "--inputs", inputs,
+                         "--output_dir", out])  # fmt: skip
+    log = result.stdout + result.stderr
+    assert "broken.png" in log
+    for path in [*images, odd]:
+        mask = Image.open(out / f"{path.stem}_mask.png")
+        assert mask.size == Image.open(path).size
+        assert set(np.unique(np.asarray(mask))) <= {0, 255}
+        assert Image.open(out / f"{path.stem}_overlay.png").size == mask.size
+    assert not list(out.glob("broken*"))
+
+
+def _link_pairs(pairs, target: Path) -> Path:
+    """A small dataset folder of symbolic links to real pairs (real data is never copied)."""
+    (target / "images").mkdir(parents=True)
+    (target / "masks").mkdir()
+    for image, mask in pairs:
+        os.symlink(image, target / "images" / Path(image).name)
+        os.symlink(mask, target / "masks" / Path(mask).name)
+    return target
+
+
+@pytest.mark.slow
+def test_short_training_on_kvasir_through_dataset_dir(kvasir_dir, tmp_path):
+    images = sorted((kvasir_dir / "images").glob("*.jpg"))[:8]
+    data = _link_pairs([(p, kvasir_dir / "masks" / p.name) for p in images], tmp_path / "kvasir8")
+    result = run_bundle(
+        ["training", "--config_file", "configs/train.yaml", "--bundle_root", tmp_path / "b", "--dataset_dir", data,
+         "--max_epochs", "1", "--roi_size", "[64, 64]", "--batch_size", "4", "--val_fraction", "0.125",
+         "--test_fraction", "0", "--sw_batch_size", "16"]
+    )  # fmt: skip
+    assert "DEMO DATA" not in result.stdout + result.stderr
+    assert (tmp_path / "b" / "models" / "model.pt").is_file()
+    split = json.loads((tmp_path / "b" / "runs" / "train" / "datalist.json").read_text())
+    assert [len(split[s]) for s in ("training", "validation", "test")] == [7, 1, 0]
+
+
+@pytest.mark.slow
+def test_drive_training_through_name_patterns(drive_dir, tmp_path):
+    names = ["21", "22", "23"]
+    data = _link_pairs(
+        [(drive_dir / "images" / f"{n}_training.tif", drive_dir / "masks" / f"{n}_manual1.gif") for n in names],
+        tmp_path / "drive3",
+    )
+    result = run_bundle(
+        ["training", "--config_file", "configs/train.yaml", "--bundle_root", tmp_path / "b", "--dataset_dir", data,
+         "--image_pattern", "*_training", "--mask_pattern", "*_manual1", "--max_epochs", "1", "--epoch_length", "2",
+         "--roi_size", "[64, 64]", "--batch_size", "2", "--test_fraction", "0", "--sw_batch_size", "32"]
+    )  # fmt: skip
+    assert epochs_logged(result.stdout + result.stderr) == [1]
+    assert (tmp_path / "b" / "models" / "model.pt").is_file()
+
+
+def test_resume_after_sigkill_mid_epoch(tmp_path):
+    """Kill training with SIGKILL during an epoch after a checkpoint exists; `--resume true` carries on
+    from that checkpoint with its epoch count, optimizer, scheduler and best metric, and nothing saved
+    before the kill is lost or overwritten by something worse."""
+    root = tmp_path / "b"
+    max_epochs = 4
+    args = train_args(root, "--max_epochs", max_epochs, "--epoch_length", "6", "--batch_size", "2",
+                      "--learning_rate", "1.0e-3")  # fmt: skip
+    models = root / "models"
+    log_path = tmp_path / "first.log"
+    with open(log_path, "w") as log:
+        first = subprocess.Popen(
+            [sys.executable, "-m", "monai.bundle", "run", *[str(a) for a in args]],
+            cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.time() + 240
+        try:
+            while not (models / "checkpoint.pt").is_file():
+                assert first.poll() is None, log_path.read_text()[-3000:]
+                assert time.time() < deadline, "no checkpoint within 240 s"
+                time.sleep(0.2)
+            started = time.time()
+            # wait into the next epoch: its progress bar shows the first iterations
+            while time.time() - started < 60 and first.poll() is None:
+                text = log_path.read_text()
+                if re.search(r"train \[\d+/\d+\]: \[[1-5]/6\]", text.split("Saved checkpoint at epoch")[-1]):
+                    break
+                time.sleep(0.1)
+            assert first.poll() is None, "training ended before it could be killed"
+            first.send_signal(signal.SIGKILL)
+            first.wait(30)
+        finally:
+            if first.poll() is None:
+                first.kill()
+    assert first.returncode == -signal.SIGKILL
+
+    killed = torch.load(models / "checkpoint.pt", map_location="cpu", weights_only=True)
+    killed_epoch = killed["trainer"]["epoch"]
+    assert 1 <= killed_epoch < max_epochs
+    best_before = killed["best_model_saver"]
+    model_before = (models / "model.pt").read_bytes()
+    split_before = (root / "runs" / "train" / "datalist.json").read_bytes()
+    events_before = {p: p.stat().st_size for p in (root / "runs" / "train" / "tensorboard").glob("events.*")}
+    assert events_before
+
+    result = run_bundle([*args, "--resume", "true"])
+    log = result.stdout + result.stderr
+    assert epochs_logged(log) == list(range(killed_epoch + 1, max_epochs + 1))
+    final = torch.load(models / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert final["trainer"]["epoch"] == max_epochs
+    assert final["lr_scheduler"]["last_epoch"] == max_epochs
+    lr0, eta_min = 1.0e-3, 1.0e-5
+    expected_lr = eta_min + (lr0 - eta_min) * (1 + math.cos(math.pi * max_epochs / max_epochs)) / 2
+    assert final["optimizer"]["param_groups"][0]["lr"] == pytest.approx(expected_lr, rel=1e-6)
+    best_after = final["best_model_saver"]
+    assert best_after["best_metric"] >= best_before["best_metric"]
+    if best_after["best_metric_epoch"] <= killed_epoch:  # no better epoch after resuming: model.pt untouched
+        assert best_after == best_before
+        assert (models / "model.pt").read_bytes() == model_before
+    assert (root / "runs" / "train" / "datalist.json").read_bytes() == split_before
+    for path, size in events_before.items():
+        assert path.is_file() and path.stat().st_size >= size
+    assert not list(models.glob(".*.tmp"))  # a temporary file of the killed run is cleaned up
+
+
+def test_resume_without_a_checkpoint_is_one_clear_error(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", *[str(a) for a in train_args(tmp_path / "b", "--resume", "true")]],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR:")]
+    assert len(errors) == 1 and "no checkpoint to resume from" in errors[0]
+
+
+def test_atomic_checkpoints_keep_the_old_file_when_a_save_fails(tmp_path):
+    from bundle.checkpoints import AtomicDiskSaver
+
+    saver = AtomicDiskSaver(tmp_path, filename="model.pt")
+    saver({"w": torch.ones(2)}, "ignored_name.pt")
+    saver.remove("ignored_name.pt")  # a fixed name is replaced by the next save, never deleted first
+    assert (tmp_path / "model.pt").is_file()
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("disk full, say")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        saver({"w": Unpicklable()}, "ignored_name.pt")
+    assert torch.equal(torch.load(tmp_path / "model.pt", weights_only=True)["w"], torch.ones(2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+    rolling = AtomicDiskSaver(tmp_path / "roll")
+    rolling({"e": 1}, "checkpoint_epoch=1.pt")
+    rolling.remove("checkpoint_epoch=1.pt")  # ignite asks for removal before writing the successor
+    assert (tmp_path / "roll" / "checkpoint_epoch=1.pt").is_file()
+    rolling({"e": 2}, "checkpoint_epoch=2.pt")
+    assert sorted(p.name for p in (tmp_path / "roll").iterdir()) == ["checkpoint_epoch=2.pt"]
+
+
+@pytest.mark.slow
+def test_ddp_training_with_gloo_on_two_processes(tmp_path):
+    """torchrun, 2 CPU processes, gloo: both train their shard, step the LR scheduler and validate;
+    only rank 0 writes checkpoints and logs."""
+    probe = tmp_path / "probe.yaml"
+    probe.write_text(
+        "imports:\n  - $import json\n"
+        "finalize:\n"
+        "  - \"$open(@output_dir + '/rank' + str(dist.get_rank()) + '.json', 'w').write(json.dumps({"
+        "'lr': @optimizer.param_groups[0]['lr'], 'scheduler_epoch': @lr_scheduler.last_epoch, "
+        "'trainer_epoch': @train#trainer.state.epoch, 'validated_epoch': @validate#evaluator.state.epoch, "
+        "'val_dice': float(@validate#evaluator.state.metrics['val_mean_dice']), "
+        "'train_batches': len(@train#dataloader), 'val_images': len(@validate#dataloader)}))\"\n"
+        "  - $dist.is_initialized() and dist.destroy_process_group()\n"
+    )
+    root = tmp_path / "b"
+    configs = json.dumps(["configs/train.yaml", "configs/multi_gpu_train.yaml", str(probe)])
+    env = dict(_env(), OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "monai.bundle", "run", "training", "--config_file", configs, "--bundle_root", str(root),
+         *SMALL, "--demo_count", "20", "--max_epochs", "2"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    ranks = [json.loads((root / "runs" / "train" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for state in ranks:
+        assert state["trainer_epoch"] == 2 and state["scheduler_epoch"] == 2 and state["validated_epoch"] == 2
+    assert ranks[0]["lr"] == ranks[1]["lr"]
+    assert ranks[0]["val_dice"] == pytest.approx(ranks[1]["val_dice"])  # gathered over both shards
+    split = json.loads((root / "runs" / "train" / "datalist.json").read_text())
+    assert ranks[0]["train_batches"] == math.ceil(math.ceil(len(split["training"]) / 2) / 4)  # each rank its half
+    assert ranks[0]["val_images"] + ranks[1]["val_images"] == len(split["validation"])
+    assert (root / "models" / "model.pt").is_file() and (root / "models" / "checkpoint.pt").is_file()
+    logged = result.stdout + result.stderr
+    assert epochs_logged(logged) == [1, 2]  # rank 0 logs once per epoch; rank 1 is quiet
+    assert len(list((root / "runs" / "train" / "tensorboard").glob("events.*"))) == 2  # rank 0: trainer + evaluator
+
+
+def test_metadata_is_valid_and_describes_the_network(tmp_path):
+    meta = json.loads((REPO / "configs" / "metadata.json").read_text())
+    assert set(meta["network_data_format"]["inputs"]) == {"image"}
+    assert set(meta["network_data_format"]["outputs"]) == {"pred"}
+    assert meta["version"] in meta["changelog"]
+    if not SCHEMA.is_file():
+        pytest.skip(f"MONAI's metadata schema is not here: {SCHEMA} (it ships in ../shared/monai)")
+    import jsonschema
+    from monai.bundle import verify_metadata, verify_net_in_out
+
+    jsonschema.validate(meta, json.loads(SCHEMA.read_text()))
+    local_schema = tmp_path / "schema.json"
+    shutil.copy(SCHEMA, local_schema)  # MONAI reads it from here instead of downloading it
+    verify_metadata(meta_file=str(REPO / "configs" / "metadata.json"), filepath=str(local_schema))
+    verify_net_in_out(
+        net_id="network_def", meta_file=str(REPO / "configs" / "metadata.json"),
+        config_file=str(REPO / "configs" / "train.yaml"), n=1, device="cpu",
+    )  # fmt: skip
