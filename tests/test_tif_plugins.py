@@ -52,3 +52,26 @@ def test_bad_levels_are_named():
         BasicUNetTIF(tif_levels=(5,))
     with pytest.raises(ValueError, match="tif_levels"):
         SwinUNETRTIF(1, 2, spatial_dims=2, tif_levels=(7,))
+
+
+def test_comparison_script_runs_on_kvasir(kvasir_dir, tmp_path):
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "compare_networks.py"
+    cmd = [sys.executable, str(script), "--data-dir", str(kvasir_dir), "--epochs", "1", "--train-limit", "8",
+           "--test-limit", "2", "--size", "64", "--networks", "UNet", "UNet+TIF", "--output", str(tmp_path)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = (tmp_path / "results_table.md").read_text()
+    assert "| UNet+TIF |" in table
+    assert all((tmp_path / f).is_file() for f in ("results_dice.png", "results_curves.png", "results_predictions.png"))
+
+
+def test_comparison_script_names_a_missing_datalist(tmp_path):
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "compare_networks.py"
+    proc = subprocess.run([sys.executable, str(script), "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "datalist_800_100_100.json" in proc.stderr
