@@ -1,5 +1,8 @@
 """Small ignite handlers with the ``attach(engine)`` that MONAI workflows call.
 
+- :class:`PeriodicValidationHandler`: MONAI's ``ValidationHandler`` that also validates after the
+  last epoch, so a run whose length is not a multiple of the interval still ends validated (and
+  has a best model).
 - :class:`TerminateOnNanHandler`: ignite's ``TerminateOnNan``.
 - :class:`ProgressBarHandler`: ignite's tqdm ``ProgressBar``.
 """
@@ -10,8 +13,28 @@ from typing import Callable, Optional
 
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar, TerminateOnNan
+from monai.handlers import ValidationHandler
 
-__all__ = ["TerminateOnNanHandler", "ProgressBarHandler"]
+__all__ = ["PeriodicValidationHandler", "TerminateOnNanHandler", "ProgressBarHandler"]
+
+
+class PeriodicValidationHandler(ValidationHandler):
+    """Run the validator every ``interval`` epochs and after the last epoch (epoch level only).
+
+    Arguments as MONAI's ``ValidationHandler`` (``epoch_level`` must stay true).
+    """
+
+    def attach(self, engine: Engine) -> None:
+        if not self.epoch_level:
+            raise ValueError("PeriodicValidationHandler validates at epoch level; use ValidationHandler for iterations.")
+        interval = self.interval
+
+        def due(engine: Engine, epoch: int) -> bool:
+            return epoch % interval == 0 or epoch == engine.state.max_epochs
+
+        engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=due), self)
+        if self.exec_at_start:
+            engine.add_event_handler(Events.STARTED, self)
 
 
 class TerminateOnNanHandler:

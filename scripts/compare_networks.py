@@ -203,7 +203,8 @@ def write_figures(results: List[Dict[str, Any]], data: Dict[str, Any], args: arg
     plt.close(fig)
 
 
-def write_table(results: List[Dict[str, Any]], args: argparse.Namespace, seconds: float) -> str:
+def write_table(results: List[Dict[str, Any]]) -> Tuple[str, str]:
+    """The Markdown table of the results, and the command that made them."""
     lines = [
         "| network | config | params (M) | test Dice | test IoU | best val Dice | s / epoch | ms / image |",
         "|---|---|---|---|---|---|---|---|",
@@ -253,7 +254,7 @@ def main() -> None:
         with open(os.path.join(args.output, "results.json"), "w") as f:  # partial results survive an interruption
             json.dump([{k: v for k, v in r.items() if k != "test_predictions"} for r in results], f, indent=2)
     write_figures(results, data, args)
-    table, command = write_table(results, args, time.perf_counter() - start)
+    table, command = write_table(results)
     with open(os.path.join(args.output, "results_table.md"), "w") as f:
         f.write(f"Made by `{command}` in {(time.perf_counter() - start) / 60:.0f} minutes, "
                 f"torch {torch.__version__}, {torch.get_num_threads()} threads.\n\n{table}\n")  # fmt: skip
