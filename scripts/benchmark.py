@@ -156,7 +156,7 @@ def run_case(case: Dict[str, Any]) -> Dict[str, Any]:
     else:
         model.train()
         base = _peak_mb()
-        for _ in range(case["repeats"] + (1 if case["repeats"] > 1 else 0)):
+        for _ in range(case["repeats"] + 1):
             t0 = time.perf_counter()
             _outputs_sum(model(*inputs)).backward()
             times.append(time.perf_counter() - t0)
