@@ -283,14 +283,14 @@ def test_ddp_training_with_gloo_on_two_processes(tmp_path):
     only rank 0 writes checkpoints and logs."""
     probe = tmp_path / "probe.yaml"
     probe.write_text(
-        "imports:\n  - $import json\n"
+        "imports:\n  - $import os\n  - $import json\n"
         "finalize:\n"
-        "  - \"$open(@output_dir + '/rank' + str(dist.get_rank()) + '.json', 'w').write(json.dumps({"
+        "  - \"$open(@output_dir + '/rank' + str(torch.distributed.get_rank()) + '.json', 'w').write(json.dumps({"
         "'lr': @optimizer.param_groups[0]['lr'], 'scheduler_epoch': @lr_scheduler.last_epoch, "
         "'trainer_epoch': @train#trainer.state.epoch, 'validated_epoch': @validate#evaluator.state.epoch, "
         "'val_dice': float(@validate#evaluator.state.metrics['val_mean_dice']), "
         "'train_batches': len(@train#dataloader), 'val_images': len(@validate#dataloader)}))\"\n"
-        "  - $dist.is_initialized() and dist.destroy_process_group()\n"
+        "  - $torch.distributed.is_initialized() and torch.distributed.destroy_process_group()\n"
     )
     root = tmp_path / "b"
     configs = json.dumps(["configs/train.yaml", "configs/multi_gpu_train.yaml", str(probe)])
