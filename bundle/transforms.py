@@ -6,7 +6,7 @@
 - :class:`PrepareMaskd`: turns a loaded mask into the label the loss needs: binary 0/1 from any
   0/1 or 0/255 encoding (JPEG noise thresholded away), or a checked multi-class label map.
 - :class:`SavePredictionPNGd`: writes each prediction as a mask PNG at the input's size and an overlay
-  PNG (prediction filled red, ground truth outlined green when known) for a person to look at.
+  PNG (prediction filled yellow, ground truth outlined blue when known) for a person to look at.
 """
 
 from __future__ import annotations
@@ -116,10 +116,12 @@ class PrepareMaskd(MapTransform):
 
 
 # overlay colours per class (class 0, the background, is not drawn)
+# (yellow first: it stands out on the reds and pinks of endoscopy and fundus images)
 _PALETTE = np.array(
-    [[0, 0, 0], [255, 40, 40], [40, 120, 255], [255, 210, 0], [200, 0, 255], [0, 230, 230], [255, 130, 0]],
+    [[0, 0, 0], [255, 230, 0], [255, 0, 255], [0, 230, 230], [255, 130, 0], [120, 255, 0], [150, 80, 255]],
     dtype=np.float32,
 )
+_TRUTH_OUTLINE = (0, 80, 255)
 
 
 def _label_map(tensor: Any) -> np.ndarray:
@@ -151,8 +153,8 @@ class SavePredictionPNGd(MapTransform):
 
     The mask PNG has the prediction's (= the input's) height and width: 0/255 for a binary model,
     the class index per pixel for a multi-class one. The overlay shows the image with the
-    prediction filled in red (classes in colours) and, when a label is given, the ground truth's
-    outline in green.
+    prediction filled in yellow (classes in colours) and, when a label is given, the ground truth's
+    outline in blue.
 
     Args:
         keys: the prediction key (after activation and thresholding/argmax).
@@ -198,6 +200,6 @@ class SavePredictionPNGd(MapTransform):
             edge = _outline(labels > 0)
             overlay[edge] = colours[edge]
             if self.label_key and self.label_key in d:
-                overlay[_outline(_label_map(d[self.label_key]) > 0)] = (0, 255, 0)
+                overlay[_outline(_label_map(d[self.label_key]) > 0)] = _TRUTH_OUTLINE
             write_png(self.output_dir / f"{name}_overlay.png", np.clip(overlay, 0, 255))
         return d

@@ -180,9 +180,11 @@ def test_overlay_and_mask_png_line_up_with_the_input(tmp_path):
     assert np.array_equal(written > 0, mask > 0)
     overlay = np.asarray(Image.open(tmp_path / "out" / "img_overlay.png")).astype(int)
     assert overlay.shape == (37, 53, 3)
-    red = (overlay[..., 0] > overlay[..., 1] + 60) | (overlay[..., 1] == 255)  # filled red, or the green outline
+    yellow = (overlay[..., 0] > 150) & (overlay[..., 1] > 130) & (overlay[..., 2] < 110)  # the prediction's fill
+    truth_outline = (overlay[..., 0] == 0) & (overlay[..., 2] == 255)
     inside = mask > 0
-    assert red[inside].mean() > 0.95 and red[~inside].mean() < 0.02
+    assert (yellow | truth_outline)[inside].mean() > 0.95 and yellow[~inside].mean() < 0.02
+    assert truth_outline.sum() > 0 and not truth_outline[~inside].any()
     # away from the mask the overlay is the (stretched) image itself: the blue ramp runs left to right
     assert overlay[30, 5, 2] < overlay[30, 40, 2]
 
