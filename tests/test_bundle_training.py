@@ -135,6 +135,30 @@ def test_inference_any_size_and_unreadable_files(demo_run, tmp_path):
     assert not list(out.glob("broken*"))
 
 
+def test_multi_class_label_maps(tmp_path):
+    """out_channels=3 with label-map masks (values 0, 1, 2): trains, and inference writes class indices."""
+    data = tmp_path / "classes"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    rng = np.random.RandomState(0)
+    for i in range(6):
+        labels = np.zeros((70 + i, 90), np.uint8)
+        labels[5:30, 10 + i : 40 + i] = 1
+        labels[40:65, 50:80] = 2
+        image = np.stack([labels * 100, 255 - labels * 80, np.full_like(labels, 90)], -1)
+        image = np.clip(image + rng.randint(0, 30, image.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(image).save(data / "images" / f"c{i}.png")
+        Image.fromarray(labels).save(data / "masks" / f"c{i}.png")
+    root = tmp_path / "b"
+    run_bundle(["training", "--config_file", "configs/train.yaml", "--bundle_root", root, "--dataset_dir", data,
+                "--out_channels", "3", "--max_epochs", "1", *SMALL[2:]])  # fmt: skip
+    out = tmp_path / "out"
+    run_bundle(["--config_file", "configs/inference.yaml", "--bundle_root", root, "--out_channels", "3",
+                "--inputs", data / "images" / "c0.png", "--output_dir", out])  # fmt: skip
+    mask = np.asarray(Image.open(out / "c0_mask.png"))
+    assert mask.shape == (70, 90) and set(np.unique(mask)) <= {0, 1, 2}
+
+
 def _link_pairs(pairs, target: Path) -> Path:
     """A small dataset folder of symbolic links to real pairs (real data is never copied)."""
     (target / "images").mkdir(parents=True)
