@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Union
 
 import torch
+from ignite import distributed as idist
 from ignite.engine import Engine
 from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointLoader, CheckpointSaver
@@ -43,8 +44,6 @@ class AtomicDiskSaver(DiskSaver):
         super().__init__(dirname=dirname, atomic=True, create_dir=True, require_empty=False, **kwargs)
         self.filename = filename
         self._pending_removal: List[str] = []
-        from ignite import distributed as idist
-
         if idist.get_rank() == self.save_on_rank:
             self._remove_stale_temporaries()
 
@@ -63,8 +62,6 @@ class AtomicDiskSaver(DiskSaver):
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Optional[Mapping] = None) -> None:
         filename = self.filename or filename
-        from ignite import distributed as idist
-
         if self.save_on_rank != idist.get_rank():
             return
         path = self.dirname / filename
@@ -218,7 +215,8 @@ class ResumeCheckpointLoader:
             load_dict[self.load_engine_as] = engine
         loader = CheckpointLoader(str(self.load_path), load_dict, map_location=self.map_location)
         loader.attach(engine)
-        logger.info("Resuming training from %s.", self.load_path)
+        if idist.get_rank() == 0:
+            logger.info("Resuming training from %s.", self.load_path)
 
 
 def load_model_weights(network: torch.nn.Module, path: Union[str, Path], map_location: Any = "cpu") -> torch.nn.Module:

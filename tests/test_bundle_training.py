@@ -301,6 +301,19 @@ def test_atomic_checkpoints_keep_the_old_file_when_a_save_fails(tmp_path):
     assert sorted(p.name for p in (tmp_path / "roll").iterdir()) == ["checkpoint_epoch=2.pt"]
 
 
+def test_model_weights_that_do_not_fit_are_one_clear_error(tmp_path):
+    from bundle.checkpoints import load_model_weights
+    from bundle.errors import BundleInputError
+    from bundle.networks import DSTransUNet
+
+    torch.save(DSTransUNet(preset="tiny", out_channels=1).state_dict(), tmp_path / "model.pt")
+    load_model_weights(DSTransUNet(preset="tiny", out_channels=1), tmp_path / "model.pt")
+    with pytest.raises(BundleInputError, match="does not fit this network.*--out_channels"):
+        load_model_weights(DSTransUNet(preset="tiny", out_channels=2), tmp_path / "model.pt")
+    with pytest.raises(BundleInputError, match="no trained model"):
+        load_model_weights(DSTransUNet(preset="tiny"), tmp_path / "missing.pt")
+
+
 @pytest.mark.slow
 def test_ddp_training_with_gloo_on_two_processes(tmp_path):
     """torchrun, 2 CPU processes, gloo: both train their shard, step the LR scheduler and validate;
