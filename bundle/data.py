@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
+from bundle.demo import DEMO_NOTICE, make_demo_dataset
 from bundle.errors import BundleInputError
 from bundle.image_files import IMAGE_SUFFIXES, ImageInfo, read_array, read_info, split_name
 
@@ -296,6 +297,8 @@ def prepare_training_datalist(
     if resume and split_file.is_file():
         _info("Resuming: using this run's split %s.", split_file)
         lists = read_datalist(split_file)
+        if not (dataset_dir or datalist) and demo_dir is not None:
+            _warning(DEMO_NOTICE, demo_dir)
     elif datalist:
         lists = read_datalist(datalist)
         if not lists.get("training"):
@@ -317,8 +320,6 @@ def prepare_training_datalist(
             pairs = find_pairs(dataset_dir, image_pattern, mask_pattern)
             source = str(Path(dataset_dir).expanduser().resolve())
         else:
-            from bundle.demo import DEMO_NOTICE, make_demo_dataset
-
             if demo_dir is None:
                 raise BundleInputError("no --dataset_dir or --datalist given, and no demo_dir to generate demo data in.")
             demo = make_demo_dataset(demo_dir, count=demo_count)
