@@ -22,7 +22,9 @@ import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-SCHEMA = REPO.parent / "shared" / "monai" / "meta_schema_20240725.json"
+# next to the shared data (conftest.py reads DS_TRANSUNET_DATA the same way)
+SHARED = Path(os.environ.get("DS_TRANSUNET_DATA", REPO.parent / "shared" / "data")).parent
+SCHEMA = SHARED / "monai" / "meta_schema_20240725.json"
 
 # tiny and quick: 12 demo pairs (10 train, 1 validation, 1 test), 64-pixel crops
 SMALL = ["--demo_count", "12", "--roi_size", "[64, 64]", "--batch_size", "4", "--crops_per_image", "2", "--val_interval", "1"]
