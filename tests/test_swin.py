@@ -25,7 +25,9 @@ def test_swin_block_matches_monai_where_windows_agree(shift):
         torch.testing.assert_close(p.grad, q.grad, atol=1e-4, rtol=1e-4, msg=name)
 
 
-def test_prenorm_mlp_gradients_equal_plain_autograd():
+@pytest.mark.parametrize("chunk_rows", [4096, 7])
+def test_prenorm_mlp_gradients_equal_plain_autograd(chunk_rows, monkeypatch):
+    monkeypatch.setattr("bundle.networks.blocks.mlp._CHUNK_ROWS", chunk_rows)
     norm, mlp = torch.nn.LayerNorm(16), MLPBlock(16, 64, 0.0, act="GELU")
     x = torch.randn(3, 10, 16, requires_grad=True)
     prenorm_mlp(x, norm, mlp).sin().sum().backward()

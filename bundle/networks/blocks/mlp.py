@@ -9,13 +9,16 @@ from monai.networks.blocks import MLPBlock
 
 __all__ = ["prenorm_mlp"]
 
+_CHUNK_ROWS = 4096  # tokens recomputed at once in backward
+
 
 class _PreNormMLP(torch.autograd.Function):
     """``linear2(gelu(linear1(layer_norm(x))))`` that saves ``x`` alone.
 
     Plain autograd keeps the norm's input and output and two hidden-width tensors (GELU's input
     and output), 10 tensors of the input's size at an MLP ratio of 4. Backward recomputes the norm,
-    ``linear1`` and GELU (about a sixth of the block's backward FLOPs) and never ``linear2``.
+    ``linear1`` and GELU (about a sixth of the block's backward FLOPs) and never ``linear2``,
+    a chunk of tokens at a time.
     """
 
     @staticmethod
@@ -28,14 +31,26 @@ class _PreNormMLP(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, norm_weight, norm_bias, weight1, bias1, weight2 = ctx.saved_tensors
-        with torch.enable_grad():
-            leaves = [t.detach().requires_grad_(True) for t in (x, norm_weight, norm_bias, weight1, bias1)]
-            normed = F.layer_norm(leaves[0], x.shape[-1:], leaves[1], leaves[2], ctx.eps)
-            act = F.gelu(F.linear(normed, leaves[3], leaves[4]))
-        flat_grad = grad_out.reshape(-1, grad_out.shape[-1])
-        grad_weight2 = flat_grad.t() @ act.detach().reshape(-1, act.shape[-1])
-        grads = torch.autograd.grad(act, leaves, grad_out @ weight2)
-        return (*grads, grad_weight2, flat_grad.sum(0), None)
+        width = x.shape[-1]
+        x_rows, grad_rows = x.reshape(-1, width), grad_out.reshape(-1, grad_out.shape[-1])
+        params = [norm_weight, norm_bias, weight1, bias1]
+        grads_params = [torch.zeros_like(p) for p in params]
+        grad_weight2 = torch.zeros_like(weight2)
+        grad_x = torch.empty_like(x_rows)
+        # tokens are independent: recompute and differentiate them in chunks, so that only one
+        # chunk's hidden activations exist at a time
+        for start in range(0, x_rows.shape[0], _CHUNK_ROWS):
+            rows = slice(start, start + _CHUNK_ROWS)
+            with torch.enable_grad():
+                leaves = [x_rows[rows].detach().requires_grad_(True)] + [p.detach().requires_grad_(True) for p in params]
+                normed = F.layer_norm(leaves[0], (width,), leaves[1], leaves[2], ctx.eps)
+                act = F.gelu(F.linear(normed, leaves[3], leaves[4]))
+            grad_weight2 += grad_rows[rows].t() @ act.detach()
+            grads = torch.autograd.grad(act, leaves, grad_rows[rows] @ weight2)
+            grad_x[rows] = grads[0]
+            for total, g in zip(grads_params, grads[1:]):
+                total += g
+        return (grad_x.view_as(x), *grads_params, grad_weight2, grad_rows.sum(0), None)
 
 
 def prenorm_mlp(x: torch.Tensor, norm: nn.LayerNorm, mlp: MLPBlock) -> torch.Tensor:
