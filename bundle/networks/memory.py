@@ -4,7 +4,7 @@ glibc serves blocks of up to 32 MB from its heap (its mmap threshold rises to th
 freed so far), and freed heap pages stay resident: on the CPU a process's memory is that of its
 heap, not that of its live tensors. Under activation checkpointing, whose point is memory, that
 garbage is most of what is left. So, on Linux with glibc, the first checkpointed segment fixes the
-mmap threshold at 4 MB (larger tensors get their own mappings and leave the process when freed;
+mmap threshold at 1 MB (larger tensors get their own mappings and leave the process when freed;
 a process-wide setting) and each recomputed segment returns the heap's free pages
 (``malloc_trim``) as backward reaches it.
 """
@@ -21,7 +21,7 @@ import torch
 __all__ = ["release_heap_in_backward"]
 
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number, from glibc's malloc.h
-_MMAP_THRESHOLD_BYTES = 4 * 1024 * 1024
+_MMAP_THRESHOLD_BYTES = 1024 * 1024
 _GLIBC: Optional[Any] = None
 _LOOKED_UP = False
 
