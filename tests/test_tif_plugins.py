@@ -75,3 +75,17 @@ def test_comparison_script_names_a_missing_datalist(tmp_path):
     script = Path(__file__).resolve().parents[1] / "scripts" / "compare_networks.py"
     proc = subprocess.run([sys.executable, str(script), "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "datalist_800_100_100.json" in proc.stderr
+
+
+@pytest.mark.parametrize("network", ["unet_tif", "swin_unetr_tif"])
+def test_tif_networks_train_through_the_bundle_with_only_the_network_swapped(network, tmp_path):
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    configs = f"['{repo}/configs/train.yaml','{repo}/configs/networks/{network}.yaml']"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", configs,
+           "--bundle_root", str(tmp_path), "--max_epochs", "1", "--demo_count", "8"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=repo)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "models" / "model.pt").is_file()
