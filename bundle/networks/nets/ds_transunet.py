@@ -270,7 +270,6 @@ class DSTransUNet(nn.Module):
         self.use_tif = dual_scale and fusion == "tif"
         self.deep_supervision = deep_supervision
         self.use_checkpoint = use_checkpoint
-        self.config = dict(p, patch_size=patch_size, coarse_patch_size=coarse_patch_size, preset=preset)
         self.size_multiple = max(patch_size, coarse_patch_size if dual_scale else 1) * 2 ** (n_stages - 1)
 
         dim = p["embed_dim"]
