@@ -1,0 +1,237 @@
+"""Model-zoo export (issue 5): a tiny trained model exported by ``python -m bundle.export`` passes MONAI's
+checks from another directory without this repository importable, gives the repository's masks, loads
+offline through ``monai.bundle.download``/``load``, and its ONNX copy agrees with ONNX Runtime."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from bundle.export import LARGE_FILE_BYTES, _md5, main, package_versions
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("DS_TRANSUNET_DATA", REPO.parent / "shared" / "data")).parent
+SCHEMA = SHARED / "monai" / "meta_schema_20240725.json"
+NAME = "demo_polyp_segmentation"
+SMALL = ["--demo_count", "12", "--roi_size", "[64, 64]", "--batch_size", "4", "--crops_per_image", "2", "--val_interval", "1"]
+# Python code that switches this repository's (editable) install off, as on the machine of someone
+# who only has the exported folder
+HIDE_REPO = (
+    "import os, runpy, sys; "
+    "sys.meta_path[:] = [f for f in sys.meta_path if getattr(f, '__name__', '') != '_EditableFinder']; "
+    f"sys.path[:] = [p for p in sys.path if os.path.abspath(p or '.') != {str(REPO)!r}]; "
+)
+
+
+def _env() -> dict:
+    return dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+
+
+def _run(args, cwd: Path, timeout: int = 400) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(a) for a in args], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result
+
+
+def monai_bundle_without_repo(args, cwd: Path) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle ARGS`` in ``cwd`` with the repository's code not importable."""
+    code = HIDE_REPO + "sys.argv = ['monai.bundle', *sys.argv[1:]]; runpy.run_module('monai.bundle', run_name='__main__', alter_sys=True)"
+    return _run([sys.executable, "-c", code, *args], cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """One epoch of demo training, its evaluation, and the export (with ONNX) of that run."""
+    run = tmp_path_factory.mktemp("trained_run")
+    monai = [sys.executable, "-m", "monai.bundle", "run"]
+    _run([*monai, "training", "--config_file", "configs/train.yaml", "--bundle_root", run, *SMALL, "--max_epochs", "1"], REPO)
+    _run([*monai, "--config_file", "configs/evaluate.yaml", "--bundle_root", run], REPO)
+    out = tmp_path_factory.mktemp("dist")
+    settings = ["--max_epochs", "1", "--demo_count", "12", "--batch_size", "4", "--crops_per_image", "2", "--val_interval", "1"]
+    onnx = ["--onnx"] if all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime")) else []
+    result = _run([sys.executable, "-m", "bundle.export", "--name", NAME, "--bundle_root", run, "--output", out, *onnx,
+                   *settings], cwd=run)  # fmt: skip
+    return run, out / NAME, out / f"{NAME}_v0.1.0.zip", result
+
+
+def test_the_bundle_has_the_zoo_layout(exported):
+    _, bundle, zip_path, result = exported
+    assert "torchscript vs PyTorch: max abs difference" in result.stdout + result.stderr
+    for path in ("configs/metadata.json", "configs/inference.json", "configs/train.json", "configs/evaluate.json",
+                 "configs/multi_gpu_train.json", "configs/logging.conf", "models/model.pt", "models/model.ts",
+                 "docs/README.md", "docs/data_license.txt", "LICENSE", "large_files.yml",
+                 "bundle/networks/nets/ds_transunet.py"):  # fmt: skip
+        assert (bundle / path).is_file(), path
+    assert (bundle / "models" / "model.onnx").is_file() or not importlib.util.find_spec("onnxruntime")
+    assert not (bundle / "bundle" / "export.py").exists() and not list(bundle.rglob("__pycache__"))
+    for config in (bundle / "configs").glob("*.json"):
+        text = config.read_text()
+        assert text == json.dumps(json.loads(text), indent=4) + "\n", f"{config.name}: not 4-space JSON"
+    inference = json.loads((bundle / "configs" / "inference.json").read_text())
+    assert {"bundle_root", "device", "network_def", "inferer", "output_dir"} <= set(inference)
+    assert inference["bundle_root"] == "." and inference["network_def"]["_requires_"] == ["@add_bundle_code"]
+    train = json.loads((bundle / "configs" / "train.json").read_text())
+    assert train["max_epochs"] == 1 and train["demo_count"] == 12  # the settings the model was trained with
+
+    state = torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())  # weights only
+
+    large = yaml.safe_load((bundle / "large_files.yml").read_text())["large_files"]
+    expected = sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.stat().st_size > LARGE_FILE_BYTES)
+    assert sorted(f["path"] for f in large) == expected and "models/model.pt" in expected
+    for entry in large:
+        assert entry["hash_val"] == _md5(bundle / entry["path"]) and entry["hash_type"] == "md5"
+
+    readme = (bundle / "docs" / "README.md").read_text()
+    for heading in ("# Model Overview", "## Data", "## Training configuration", "## Performance",
+                    "## MONAI Bundle Commands", "## System configuration", "## Limitations", "## Citation",
+                    "## References", "# License"):  # fmt: skip
+        assert f"\n{heading}\n" in f"\n{readme}", heading
+    metrics = (exported[0] / "eval" / "metrics.csv").read_text().splitlines()
+    measured = float(metrics[0].split(",")[1])
+    assert f"| mean_dice | {measured:.4f} |" in readme  # the run's own figure, not a made-up one
+    assert "synthetic demo" in readme and "not medicine" in (bundle / "configs" / "metadata.json").read_text()
+
+    with zipfile.ZipFile(zip_path) as archive:
+        names = {n for n in archive.namelist() if not n.endswith("/")}
+    assert names == {f"{NAME}/{p.relative_to(bundle).as_posix()}" for p in bundle.rglob("*") if p.is_file()}
+
+
+def test_metadata_is_valid_with_installable_pins(exported, tmp_path):
+    _, bundle, _, _ = exported
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert meta["version"] in meta["changelog"]
+    assert meta["required_packages_version"] == package_versions()  # what is installed here, from the registry
+    for version in [meta["monai_version"], meta["pytorch_version"], *meta["required_packages_version"].values()]:
+        assert "+" not in version  # pip cannot install local versions such as 2.13.0+cpu from PyPI
+    data_format = meta["network_data_format"]
+    assert data_format["inputs"]["image"]["num_channels"] == 3 and data_format["outputs"]["pred"]["num_channels"] == 1
+    assert meta["eval_metrics"]["best_val_mean_dice"] >= 0.0
+    if not SCHEMA.is_file():
+        pytest.skip(f"MONAI's metadata schema is not here: {SCHEMA} (it ships in ../shared/monai)")
+    local_schema = tmp_path / "schema.json"  # verify_metadata reads it from here instead of downloading it
+    local_schema.write_bytes(SCHEMA.read_bytes())
+    result = monai_bundle_without_repo(
+        ["verify_metadata", "--meta_file", bundle / "configs" / "metadata.json", "--filepath", local_schema], cwd=tmp_path
+    )
+    assert "metadata is verified with no error" in result.stdout + result.stderr
+
+
+def test_monai_checks_pass_from_another_directory_without_the_repository(exported, tmp_path):
+    _, bundle, _, _ = exported
+    common = ["--meta_file", bundle / "configs" / "metadata.json", "--config_file", bundle / "configs" / "inference.json",
+              "--bundle_root", bundle]  # fmt: skip
+    result = monai_bundle_without_repo(["verify_net_in_out", "--net_id", "network_def", *common], cwd=tmp_path)
+    assert "data shape of network is verified with no error" in result.stdout + result.stderr
+    ts_path = tmp_path / "model.ts"
+    result = monai_bundle_without_repo(
+        ["ckpt_export", "--net_id", "network_def", "--filepath", ts_path, "--ckpt_file", bundle / "models" / "model.pt",
+         *common, "--use_trace", "true", "--input_shape", "[1, 3, 64, 64]"], cwd=tmp_path,
+    )  # fmt: skip
+    assert f"exported to file: {ts_path}" in result.stdout + result.stderr
+    result = monai_bundle_without_repo(["download_large_files", "--bundle_path", bundle], cwd=tmp_path)
+    assert "skipped downloading" in result.stdout + result.stderr  # present, MD5 checked, nothing fetched
+
+    shipped = torch.jit.load(str(bundle / "models" / "model.ts"))
+    for shape in ((4, 3, 64, 64), (1, 3, 128, 128)):  # traced: any batch, sides that are multiples of 64
+        x = torch.rand(shape)
+        assert torch.equal(shipped(x), torch.jit.load(str(ts_path))(x))
+
+
+def _new_images(folder: Path) -> list:
+    """Images the model never saw, of sizes that are not multiples of the window."""
+    from bundle.demo import draw_demo_pair
+
+    folder.mkdir()
+    paths = []
+    for index, size in ((100, (97, 131)), (101, (160, 70))):
+        image, _ = draw_demo_pair(index, seed=7)
+        path = folder / f"new_{index}.png"
+        Image.fromarray(image).resize(size).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_exported_inference_from_elsewhere_gives_the_repository_masks(exported, tmp_path):
+    run, bundle, _, _ = exported
+    images = _new_images(tmp_path / "new_images")
+    inputs = json.dumps([str(p) for p in images])
+    repo_out, zoo_out = tmp_path / "repo_masks", tmp_path / "zoo_masks"
+    _run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.yaml", "--bundle_root", run,
+          "--inputs", inputs, "--output_dir", repo_out], cwd=REPO)  # fmt: skip
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monai_bundle_without_repo(["run", "--config_file", bundle / "configs" / "inference.json", "--bundle_root", bundle,
+                               "--inputs", inputs, "--output_dir", zoo_out], cwd=elsewhere)  # fmt: skip
+    for path in images:
+        ours = np.asarray(Image.open(zoo_out / f"{path.stem}_mask.png"))
+        assert ours.shape == np.asarray(Image.open(path)).shape[:2]
+        np.testing.assert_array_equal(ours, np.asarray(Image.open(repo_out / f"{path.stem}_mask.png")))
+
+
+def test_offline_download_and_load_from_the_zip(exported, tmp_path):
+    """The docs' offline route: ``download`` from a file URL, ``load`` the network and the TorchScript module."""
+    _, _, zip_path, _ = exported
+    script = f"""
+import sys, torch
+from monai.bundle import download, load
+download(name={NAME!r}, url={zip_path.as_uri()!r}, bundle_dir={str(tmp_path / 'zoo')!r})
+sys.path.insert(0, {str(tmp_path / 'zoo' / NAME)!r})  # the bundle's own code, for network_def
+net = load(name={NAME!r}, bundle_dir={str(tmp_path / 'zoo')!r}, workflow_type="inference", device="cpu")
+ts, meta, _ = load(name={NAME!r}, bundle_dir={str(tmp_path / 'zoo')!r}, load_ts_module=True, device="cpu")
+x = torch.rand(2, 3, 64, 64)
+with torch.no_grad():
+    print("max-diff", float((ts(x) - net.eval()(x)).abs().max()), meta["version"], type(net).__module__)
+"""
+    result = _run([sys.executable, "-c", HIDE_REPO + f"exec({script!r})"], cwd=tmp_path)
+    line = next(text for text in result.stdout.splitlines() if text.startswith("max-diff")).split()
+    assert float(line[1]) == 0.0 and line[2] == "0.1.0" and line[3] == "bundle.networks.nets.ds_transunet"
+    assert (tmp_path / "zoo" / NAME / "configs" / "inference.json").is_file()
+
+
+def test_onnx_copy_agrees_with_onnxruntime(exported):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    _, bundle, _, _ = exported
+    if not (bundle / "models" / "model.onnx").is_file():
+        pytest.skip("exported without --onnx: onnx or onnxscript is not installed")
+    from bundle.networks import DSTransUNet
+
+    network = DSTransUNet(2, 3, 1, preset="tiny", deep_supervision=True).eval()
+    network.load_state_dict(torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True))
+    session = onnxruntime.InferenceSession(str(bundle / "models" / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.rand(3, 3, 64, 64)  # a batch size the export never saw
+    (out,) = session.run(None, {"image": x.numpy()})
+    with torch.no_grad():
+        assert np.abs(out - network(x).numpy()).max() < 1e-4
+
+
+def test_bad_export_requests_are_one_clear_error_and_keep_the_earlier_export(exported, capsys, tmp_path):
+    run, bundle, zip_path, _ = exported
+    before = {p: p.stat().st_mtime_ns for p in [zip_path, *bundle.rglob("*")]}
+    common = ["--bundle_root", str(run), "--output", str(bundle.parent)]
+    cases = [
+        (["--name", NAME, *common], f"{bundle} exists: give --overwrite"),
+        (["--name", "My Model", *common], "--name 'My Model'"),
+        (["--name", NAME, "--version", "1", *common], "--version '1'"),
+        (["--name", "other", *common, "--presett", "small"], "--presett is not a setting"),
+        (["--name", "other", *common, "--preset", "small"], f"{run / 'models' / 'model.pt'} does not fit this network"),
+        (["--name", "other", "--bundle_root", str(tmp_path), "--output", str(bundle.parent)],
+         f"no trained model at {tmp_path / 'models' / 'model.pt'}"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("ERROR: ") and message in err[0], (argv, err)
+    assert {p: p.stat().st_mtime_ns for p in [zip_path, *bundle.rglob("*")]} == before
+    assert not (bundle.parent / "other").exists() and not list(bundle.parent.glob(".*"))
