@@ -174,10 +174,13 @@ def test_exported_inference_from_elsewhere_gives_the_repository_masks(exported, 
     elsewhere.mkdir()
     monai_bundle_without_repo(["run", "--config_file", bundle / "configs" / "inference.json", "--bundle_root", bundle,
                                "--inputs", inputs, "--output_dir", zoo_out], cwd=elsewhere)  # fmt: skip
+    foreground = []
     for path in images:
         ours = np.asarray(Image.open(zoo_out / f"{path.stem}_mask.png"))
         assert ours.shape == np.asarray(Image.open(path)).shape[:2]
         np.testing.assert_array_equal(ours, np.asarray(Image.open(repo_out / f"{path.stem}_mask.png")))
+        foreground.append(float((ours > 0).mean()))
+    assert 0.0 < np.mean(foreground) < 1.0, foreground  # masks with something in them, not blank pages that agree
 
 
 def test_offline_download_and_load_from_the_zip(exported, tmp_path):
