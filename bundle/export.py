@@ -470,8 +470,9 @@ python -m monai.bundle run --config_file configs/inference.json --inputs /path/t
 # evaluation on image/mask pairs (images/ and masks/ paired by name): per-image Dice and IoU, summary CSVs
 python -m monai.bundle run --config_file configs/evaluate.json --dataset_dir /path/to/data
 
-# training (fine-tuning: start from these weights by loading models/model.pt into network_def first)
-python -m monai.bundle run training --config_file configs/train.json --dataset_dir /path/to/data
+# training on your data, from scratch (writes models/ and runs/ here: --ckpt_dir and --output_dir write elsewhere)
+python -m monai.bundle run training --config_file configs/train.json --dataset_dir /path/to/data \
+    --ckpt_dir /path/to/new_run/models --output_dir /path/to/new_run/runs
 torchrun --nproc_per_node=2 -m monai.bundle run training \\
     --config_file "['configs/train.json','configs/multi_gpu_train.json']" --dataset_dir /path/to/data
 

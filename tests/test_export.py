@@ -149,6 +149,18 @@ def test_monai_checks_pass_from_another_directory_without_the_repository(exporte
         assert torch.equal(shipped(x), torch.jit.load(str(ts_path))(x))
 
 
+def test_exported_training_config_trains_elsewhere_and_keeps_the_shipped_weights(exported, tmp_path):
+    _, bundle, _, _ = exported
+    shipped = (bundle / "models" / "model.pt").read_bytes()
+    new_run = tmp_path / "new_run"
+    monai_bundle_without_repo(
+        ["run", "training", "--config_file", bundle / "configs" / "train.json", "--bundle_root", bundle,
+         "--ckpt_dir", new_run / "models", "--output_dir", new_run / "runs", "--max_epochs", "1"], cwd=tmp_path,
+    )  # fmt: skip
+    assert (new_run / "models" / "model.pt").is_file() and (new_run / "runs" / "datalist.json").is_file()
+    assert (bundle / "models" / "model.pt").read_bytes() == shipped
+
+
 def _new_images(folder: Path) -> list:
     """Images the model never saw, of sizes that are not multiples of the window."""
     from bundle.demo import draw_demo_pair
