@@ -59,6 +59,9 @@ logger = logging.getLogger(__name__)
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # config name in the repository -> name in the exported bundle (zoo bundles use JSON)
 WORKFLOW_CONFIGS = {"inference": "inference", "train": "train", "evaluate": "evaluate", "multi_gpu_train": "multi_gpu_train"}
+# merged over train by the user (`--config_file "['configs/train.json','configs/multi_gpu_train.json']"`):
+# network configs go into train.json only
+OVERLAY_CONFIGS = ("multi_gpu_train",)
 # what the bundle's code and configs import besides MONAI, PyTorch and NumPy (pip names)
 REQUIRED_PACKAGES = ("pytorch-ignite", "fire", "pillow", "tqdm", "nibabel", "tensorboard", "einops", "jsonschema")
 LARGE_FILE_BYTES = 25 * 1024 * 1024
@@ -98,8 +101,8 @@ def _read_yaml(path: Path) -> Dict[str, Any]:
 
 
 def merged_configs(configs_dir: Path, extra_files: Sequence[Path], overrides: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
-    """The repository's workflow configs with ``extra_files`` merged over each (top-level ids replaced,
-    as ``--config_file "['train.yaml','networks/x.yaml']"`` does) and ``overrides`` set where the id exists.
+    """The repository's workflow configs with ``extra_files`` merged over each but the overlays (top-level ids
+    replaced, as ``--config_file "['train.yaml','networks/x.yaml']"`` does) and ``overrides`` set where the id exists.
 
     Raises:
         BundleInputError: a config is missing or unreadable, or an override names an id no config has.
@@ -111,7 +114,7 @@ def merged_configs(configs_dir: Path, extra_files: Sequence[Path], overrides: Di
         if not path.is_file():
             raise BundleInputError(f"no {path}: set --configs_dir to the folder with the bundle's YAML configs")
         config = _read_yaml(path)
-        for extra in extras:
+        for extra in extras if name not in OVERLAY_CONFIGS else ():
             config.update(copy.deepcopy(extra))
         for key, value in overrides.items():
             if key in config:

@@ -161,6 +161,22 @@ def test_exported_training_config_trains_elsewhere_and_keeps_the_shipped_weights
     assert (bundle / "models" / "model.pt").read_bytes() == shipped
 
 
+def test_exported_multi_gpu_config_trains_with_two_processes(exported, tmp_path):
+    """The model card's torchrun command (gloo on CPU), the repository's code switched off in each process."""
+    _, bundle, _, _ = exported
+    launcher = tmp_path / "monai_bundle_without_repo.py"
+    launcher.write_text(
+        HIDE_REPO.replace("; ", "\n")
+        + "sys.argv = ['monai.bundle', *sys.argv[1:]]\nrunpy.run_module('monai.bundle', run_name='__main__', alter_sys=True)\n"
+    )
+    configs = json.dumps([str(bundle / "configs" / "train.json"), str(bundle / "configs" / "multi_gpu_train.json")])
+    new_run = tmp_path / "ddp_run"
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", launcher, "run", "training",
+          "--config_file", configs, "--bundle_root", bundle, "--ckpt_dir", new_run / "models",
+          "--output_dir", new_run / "runs", "--max_epochs", "1"], cwd=tmp_path)  # fmt: skip
+    assert (new_run / "models" / "model.pt").is_file() and (new_run / "models" / "checkpoint.pt").is_file()
+
+
 def _new_images(folder: Path) -> list:
     """Images the model never saw, of sizes that are not multiples of the window."""
     from bundle.demo import draw_demo_pair
