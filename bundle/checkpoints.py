@@ -23,7 +23,7 @@ from monai.handlers import CheckpointLoader, CheckpointSaver
 
 from bundle.errors import BundleInputError
 
-__all__ = ["AtomicDiskSaver", "AtomicCheckpointSaver", "ResumeCheckpointLoader", "load_model_weights"]
+__all__ = ["AtomicDiskSaver", "AtomicCheckpointSaver", "ResumeCheckpointLoader", "load_model_weights", "read_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -219,6 +219,18 @@ class ResumeCheckpointLoader:
             logger.info("Resuming training from %s.", self.load_path)
 
 
+def read_checkpoint(path: Union[str, Path], map_location: Any = "cpu", mmap: bool = False) -> Any:
+    """``torch.load`` (tensors and plain values only) of a file training wrote; ``mmap`` reads tensors lazily.
+
+    Raises:
+        BundleInputError: the file cannot be read (truncated, not a PyTorch file).
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except Exception as e:
+        raise BundleInputError(f"cannot read the model file {path}: {type(e).__name__}: {e}") from e
+
+
 def load_model_weights(network: torch.nn.Module, path: Union[str, Path], map_location: Any = "cpu") -> torch.nn.Module:
     """Load a state dict saved by training (``models/model.pt``) into ``network`` and return it.
 
@@ -229,10 +241,7 @@ def load_model_weights(network: torch.nn.Module, path: Union[str, Path], map_loc
     path = Path(path)
     if not path.is_file():
         raise BundleInputError(f"no trained model at {path}: train first (configs/train.yaml) or set --model_path.")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise BundleInputError(f"cannot read the model file {path}: {type(e).__name__}: {e}") from e
+    state = read_checkpoint(path, map_location)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     target = network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network

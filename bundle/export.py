@@ -49,7 +49,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 import yaml
 
-from bundle.checkpoints import load_model_weights
+from bundle.checkpoints import load_model_weights, read_checkpoint
 from bundle.errors import BundleInputError
 
 __all__ = ["export_bundle", "zoo_config", "main"]
@@ -57,8 +57,8 @@ __all__ = ["export_bundle", "zoo_config", "main"]
 logger = logging.getLogger(__name__)
 
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-# config name in the repository -> name in the exported bundle (zoo bundles use JSON)
-WORKFLOW_CONFIGS = {"inference": "inference", "train": "train", "evaluate": "evaluate", "multi_gpu_train": "multi_gpu_train"}
+# the repository's configs/NAME.yaml, exported as configs/NAME.json (zoo bundles use JSON)
+WORKFLOW_CONFIGS = ("inference", "train", "evaluate", "multi_gpu_train")
 # merged over train by the user (`--config_file "['configs/train.json','configs/multi_gpu_train.json']"`):
 # network configs go into train.json only
 OVERLAY_CONFIGS = ("multi_gpu_train",)
@@ -163,20 +163,13 @@ def _json_text(content: Any) -> str:
 # ---- what the run recorded -------------------------------------------------------------------
 
 
-def _load(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise BundleInputError(f"cannot read {path}: {type(e).__name__}: {e}") from e
-
-
 def read_run(bundle_root: Path) -> Dict[str, Any]:
     """Epochs trained and best validation Dice (``models/checkpoint.pt``), the split (``runs/train/datalist.json``)
     and test figures (``eval/``, written by ``configs/evaluate.yaml``), each where present."""
     run: Dict[str, Any] = {}
     checkpoint_path = bundle_root / "models" / "checkpoint.pt"
     if checkpoint_path.is_file():
-        checkpoint = _load(checkpoint_path)
+        checkpoint = read_checkpoint(checkpoint_path, mmap=True)  # two numbers wanted: leave the optimizer state on disk
         trainer = checkpoint.get("trainer", {})
         saver = checkpoint.get("best_model_saver", {})
         if "epoch" in trainer or "epoch_length" in trainer:  # ignite keeps the iteration count and epoch length
@@ -607,8 +600,8 @@ def export_bundle(
         (build / "configs").mkdir(parents=True)
         (build / "models").mkdir()
         (build / "docs").mkdir()
-        for source_name, zoo_name in WORKFLOW_CONFIGS.items():
-            (build / "configs" / f"{zoo_name}.json").write_text(_json_text(zoo_config(configs[source_name])))
+        for config_name in WORKFLOW_CONFIGS:
+            (build / "configs" / f"{config_name}.json").write_text(_json_text(zoo_config(configs[config_name])))
         shutil.copy(configs_dir / "logging.conf", build / "configs" / "logging.conf")
         base_meta = json.loads((configs_dir / "metadata.json").read_text())
         meta = build_metadata(name, base_meta, net, run, version, changelog, dataset)

@@ -189,14 +189,14 @@ class SavePredictionPNGd(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
         d = dict(data)
         name = self._name(d)
+        image = _display_rgb(d[self.image_key])
         for key in self.key_iterator(d):
             labels = _label_map(d[key])
             binary = d[key].shape[0] == 1
             write_png(self.output_dir / f"{name}_mask.png", labels * 255 if binary else labels)
-            overlay = _display_rgb(d[self.image_key])
             colours = _PALETTE[np.minimum(labels, len(_PALETTE) - 1)]
             fill = (labels > 0)[..., None]
-            overlay = np.where(fill, (1 - self.alpha) * overlay + self.alpha * colours, overlay)
+            overlay = np.where(fill, (1 - self.alpha) * image + self.alpha * colours, image)  # a new array
             edge = _outline(labels > 0)
             overlay[edge] = colours[edge]
             if self.label_key and self.label_key in d:

@@ -46,7 +46,7 @@ NETWORKS = {
 
 
 def build_network(config_name: str, preset: str) -> torch.nn.Module:
-    parser = ConfigParser({"in_channels": 3, "out_channels": 1, "preset": preset})
+    parser = ConfigParser()
     parser.read_config(os.path.join(REPO, "configs", "networks", f"{config_name}.yaml"))
     parser.update({"in_channels": 3, "out_channels": 1, "preset": preset})
     return parser.get_parsed_content("network_def")

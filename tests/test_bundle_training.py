@@ -9,7 +9,6 @@ import json
 import math
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,27 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-# next to the shared data (conftest.py reads DS_TRANSUNET_DATA the same way)
-SHARED = Path(os.environ.get("DS_TRANSUNET_DATA", REPO.parent / "shared" / "data")).parent
-SCHEMA = SHARED / "monai" / "meta_schema_20240725.json"
-
-# tiny and quick: 12 demo pairs (10 train, 1 validation, 1 test), 64-pixel crops
-SMALL = ["--demo_count", "12", "--roi_size", "[64, 64]", "--batch_size", "4", "--crops_per_image", "2", "--val_interval", "1"]
-
-
-def _env() -> dict:
-    return dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
-
-
-def run_bundle(args, timeout: int = 400) -> subprocess.CompletedProcess:
-    """``python -m monai.bundle run ...`` from the repository root, as the README says."""
-    result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", *[str(a) for a in args]],
-        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    return result
+from helpers import REPO, SCHEMA, SMALL, cli_env, local_metadata_schema, run_bundle
 
 
 def train_args(root: Path, *extra) -> list:
@@ -215,7 +194,7 @@ def test_resume_after_sigkill_mid_epoch(tmp_path):
     with open(log_path, "w") as log:
         first = subprocess.Popen(
             [sys.executable, "-m", "monai.bundle", "run", *[str(a) for a in args]],
-            cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT,
+            cwd=REPO, env=cli_env(), stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         deadline = time.time() + 240
         try:
@@ -270,7 +249,7 @@ def test_resume_after_sigkill_mid_epoch(tmp_path):
 def test_resume_without_a_checkpoint_is_one_clear_error(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "run", *[str(a) for a in train_args(tmp_path / "b", "--resume", "true")]],
-        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300,
+        cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
@@ -333,7 +312,7 @@ def test_ddp_training_with_gloo_on_two_processes(tmp_path):
     )
     root = tmp_path / "b"
     configs = json.dumps(["configs/train.yaml", "configs/multi_gpu_train.yaml", str(probe)])
-    env = dict(_env(), OMP_NUM_THREADS="1")
+    env = dict(cli_env(), OMP_NUM_THREADS="1")
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          "-m", "monai.bundle", "run", "training", "--config_file", configs, "--bundle_root", str(root),
@@ -360,14 +339,11 @@ def test_metadata_is_valid_and_describes_the_network(tmp_path):
     assert set(meta["network_data_format"]["inputs"]) == {"image"}
     assert set(meta["network_data_format"]["outputs"]) == {"pred"}
     assert meta["version"] in meta["changelog"]
-    if not SCHEMA.is_file():
-        pytest.skip(f"MONAI's metadata schema is not here: {SCHEMA} (it ships in ../shared/monai)")
+    local_schema = local_metadata_schema(tmp_path)
     import jsonschema
     from monai.bundle import verify_metadata, verify_net_in_out
 
     jsonschema.validate(meta, json.loads(SCHEMA.read_text()))
-    local_schema = tmp_path / "schema.json"
-    shutil.copy(SCHEMA, local_schema)  # MONAI reads it from here instead of downloading it
     verify_metadata(meta_file=str(REPO / "configs" / "metadata.json"), filepath=str(local_schema))
     verify_net_in_out(
         net_id="network_def", meta_file=str(REPO / "configs" / "metadata.json"),

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 import zipfile
@@ -19,12 +18,9 @@ import yaml
 from PIL import Image
 
 from bundle.export import LARGE_FILE_BYTES, _md5, main, package_versions
+from helpers import REPO, SMALL, local_metadata_schema, run_bundle, run_command
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("DS_TRANSUNET_DATA", REPO.parent / "shared" / "data")).parent
-SCHEMA = SHARED / "monai" / "meta_schema_20240725.json"
 NAME = "demo_polyp_segmentation"
-SMALL = ["--demo_count", "12", "--roi_size", "[64, 64]", "--batch_size", "4", "--crops_per_image", "2", "--val_interval", "1"]
 # Python code that switches this repository's (editable) install off, as on the machine of someone
 # who only has the exported folder
 HIDE_REPO = (
@@ -34,34 +30,23 @@ HIDE_REPO = (
 )
 
 
-def _env() -> dict:
-    return dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
-
-
-def _run(args, cwd: Path, timeout: int = 400) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(a) for a in args], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    return result
-
-
 def monai_bundle_without_repo(args, cwd: Path) -> subprocess.CompletedProcess:
     """``python -m monai.bundle ARGS`` in ``cwd`` with the repository's code not importable."""
     code = HIDE_REPO + "sys.argv = ['monai.bundle', *sys.argv[1:]]; runpy.run_module('monai.bundle', run_name='__main__', alter_sys=True)"
-    return _run([sys.executable, "-c", code, *args], cwd=cwd)
+    return run_command([sys.executable, "-c", code, *args], cwd)
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """One epoch of demo training, its evaluation, and the export (with ONNX) of that run."""
     run = tmp_path_factory.mktemp("trained_run")
-    monai = [sys.executable, "-m", "monai.bundle", "run"]
-    _run([*monai, "training", "--config_file", "configs/train.yaml", "--bundle_root", run, *SMALL, "--max_epochs", "1"], REPO)
-    _run([*monai, "--config_file", "configs/evaluate.yaml", "--bundle_root", run], REPO)
+    settings = [*SMALL, "--max_epochs", "1"]  # training's settings, given again to the export
+    run_bundle(["training", "--config_file", "configs/train.yaml", "--bundle_root", run, *settings])
+    run_bundle(["--config_file", "configs/evaluate.yaml", "--bundle_root", run])
     out = tmp_path_factory.mktemp("dist")
-    settings = ["--max_epochs", "1", "--demo_count", "12", "--batch_size", "4", "--crops_per_image", "2", "--val_interval", "1"]
     onnx = ["--onnx"] if all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime")) else []
-    result = _run([sys.executable, "-m", "bundle.export", "--name", NAME, "--bundle_root", run, "--output", out, *onnx,
-                   *settings], cwd=run)  # fmt: skip
+    result = run_command([sys.executable, "-m", "bundle.export", "--name", NAME, "--bundle_root", run, "--output", out,
+                          *onnx, *settings], cwd=run)  # fmt: skip
     return run, out / NAME, out / f"{NAME}_v0.1.0.zip", result
 
 
@@ -118,10 +103,7 @@ def test_metadata_is_valid_with_installable_pins(exported, tmp_path):
     data_format = meta["network_data_format"]
     assert data_format["inputs"]["image"]["num_channels"] == 3 and data_format["outputs"]["pred"]["num_channels"] == 1
     assert meta["eval_metrics"]["best_val_mean_dice"] >= 0.0
-    if not SCHEMA.is_file():
-        pytest.skip(f"MONAI's metadata schema is not here: {SCHEMA} (it ships in ../shared/monai)")
-    local_schema = tmp_path / "schema.json"  # verify_metadata reads it from here instead of downloading it
-    local_schema.write_bytes(SCHEMA.read_bytes())
+    local_schema = local_metadata_schema(tmp_path)
     result = monai_bundle_without_repo(
         ["verify_metadata", "--meta_file", bundle / "configs" / "metadata.json", "--filepath", local_schema], cwd=tmp_path
     )
@@ -171,7 +153,7 @@ def test_exported_multi_gpu_config_trains_with_two_processes(exported, tmp_path)
     )
     configs = json.dumps([str(bundle / "configs" / "train.json"), str(bundle / "configs" / "multi_gpu_train.json")])
     new_run = tmp_path / "ddp_run"
-    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", launcher, "run", "training",
+    run_command([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", launcher, "run", "training",
           "--config_file", configs, "--bundle_root", bundle, "--ckpt_dir", new_run / "models",
           "--output_dir", new_run / "runs", "--max_epochs", "1"], cwd=tmp_path)  # fmt: skip
     assert (new_run / "models" / "model.pt").is_file() and (new_run / "models" / "checkpoint.pt").is_file()
@@ -196,8 +178,7 @@ def test_exported_inference_from_elsewhere_gives_the_repository_masks(exported, 
     images = _new_images(tmp_path / "new_images")
     inputs = json.dumps([str(p) for p in images])
     repo_out, zoo_out = tmp_path / "repo_masks", tmp_path / "zoo_masks"
-    _run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.yaml", "--bundle_root", run,
-          "--inputs", inputs, "--output_dir", repo_out], cwd=REPO)  # fmt: skip
+    run_bundle(["--config_file", "configs/inference.yaml", "--bundle_root", run, "--inputs", inputs, "--output_dir", repo_out])
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monai_bundle_without_repo(["run", "--config_file", bundle / "configs" / "inference.json", "--bundle_root", bundle,
@@ -225,7 +206,7 @@ x = torch.rand(2, 3, 64, 64)
 with torch.no_grad():
     print("max-diff", float((ts(x) - net.eval()(x)).abs().max()), meta["version"], type(net).__module__)
 """
-    result = _run([sys.executable, "-c", HIDE_REPO + f"exec({script!r})"], cwd=tmp_path)
+    result = run_command([sys.executable, "-c", HIDE_REPO + f"exec({script!r})"], tmp_path)
     line = next(text for text in result.stdout.splitlines() if text.startswith("max-diff")).split()
     assert float(line[1]) == 0.0 and line[2] == "0.1.0" and line[3] == "bundle.networks.nets.ds_transunet"
     assert (tmp_path / "zoo" / NAME / "configs" / "inference.json").is_file()

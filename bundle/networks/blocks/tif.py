@@ -9,7 +9,7 @@ transformer encoder runs over them. Attention is global over all tokens of a map
 from __future__ import annotations
 
 import re
-from typing import Tuple, Union
+from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -18,7 +18,7 @@ from monai.networks.blocks import MLPBlock
 
 from bundle.networks.blocks.mlp import prenorm_mlp
 
-__all__ = ["TIF", "TIFTransformer", "GlobalSelfAttention"]
+__all__ = ["TIF", "TIFLevels", "TIFTransformer", "GlobalSelfAttention"]
 
 
 class GlobalSelfAttention(nn.Module):
@@ -212,6 +212,33 @@ class TIF(nn.Module):
         if r_map.shape[2:] != e.shape[2:]:
             r_map = F.interpolate(r_map, size=e.shape[2:], mode=self.resample_mode)
         return _to_map(e_tokens, e.shape) + r_map
+
+
+class TIFLevels(nn.ModuleDict):
+    """TIF fusions (``output="sum"``) of two feature pyramids at chosen levels, keyed by level.
+
+    ``forward(fine, coarse)`` returns the fine pyramid with each chosen level replaced by its fusion
+    with the coarse level; the other levels pass through.
+
+    Args:
+        widths: channels of each level (both pyramids).
+        levels: the levels to fuse, indices into ``widths``.
+        tif_args: other :class:`TIF` arguments.
+        levels_name: what the levels are, for the error message.
+
+    Raises:
+        ValueError: a level outside ``0..len(widths)-1``.
+    """
+
+    def __init__(
+        self, widths: Sequence[int], levels: Sequence[int], tif_args: Optional[Mapping[str, Any]] = None, levels_name: str = "levels"
+    ) -> None:
+        if not set(levels) <= set(range(len(widths))):
+            raise ValueError(f"tif_levels must be among 0..{len(widths) - 1} ({levels_name}), got {tuple(levels)}.")
+        super().__init__({str(i): TIF(widths[i], widths[i], output="sum", **dict(tif_args or {})) for i in sorted(set(levels))})
+
+    def forward(self, fine: Sequence[torch.Tensor], coarse: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        return [self[str(i)](f, c) if str(i) in self else f for i, (f, c) in enumerate(zip(fine, coarse))]
 
 
 def _to_map(tokens: torch.Tensor, shape: torch.Size) -> torch.Tensor:

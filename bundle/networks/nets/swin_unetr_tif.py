@@ -9,8 +9,9 @@ import torch
 import torch.nn as nn
 from monai.networks.blocks import PatchEmbed
 from monai.networks.nets import SwinUNETR
+from monai.networks.utils import copy_model_state
 
-from bundle.networks.blocks.tif import TIF
+from bundle.networks.blocks.tif import TIFLevels
 
 __all__ = ["SwinUNETRTIF", "DualScaleSwinViT"]
 
@@ -26,7 +27,9 @@ class DualScaleSwinViT(nn.Module):
     A state dict of the plain encoder (keys without ``fine.``) is taken as the fine encoder's.
     """
 
-    def __init__(self, fine: nn.Module, coarse_scale: int, tif_levels: Sequence[int], tif_args: Mapping[str, Any]) -> None:
+    def __init__(
+        self, fine: nn.Module, coarse_scale: int, tif_levels: Sequence[int], tif_args: Optional[Mapping[str, Any]] = None
+    ) -> None:
         super().__init__()
         self.fine = fine
         self.coarse = copy.deepcopy(fine)  # starts from the fine encoder's weights
@@ -40,12 +43,12 @@ class DualScaleSwinViT(nn.Module):
             spatial_dims=spatial_dims,
         )
         widths = [fine.embed_dim * 2**i for i in range(5)]
-        self.fusions = nn.ModuleDict({str(i): TIF(widths[i], widths[i], output="sum", **tif_args) for i in tif_levels})
+        self.fusions = TIFLevels(widths, tif_levels, tif_args, "SwinUNETR's hidden states")
         self.register_load_state_dict_pre_hook(_plain_keys_to_fine)
 
     def forward(self, x: torch.Tensor, normalize: bool = True) -> List[torch.Tensor]:
         fine, coarse = self.fine(x, normalize), self.coarse(x, normalize)
-        return [self.fusions[str(i)](f, c) if str(i) in self.fusions else f for i, (f, c) in enumerate(zip(fine, coarse))]
+        return self.fusions(fine, coarse)
 
 
 def _plain_keys_to_fine(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors) -> None:
@@ -82,13 +85,8 @@ class SwinUNETRTIF(SwinUNETR):
         **kwargs: Any,
     ) -> None:
         super().__init__(in_channels, out_channels, *args, **kwargs)
-        if not set(tif_levels) <= {0, 1, 2, 3, 4}:
-            raise ValueError(f"tif_levels must be among 0..4 (SwinUNETR's hidden states), got {tuple(tif_levels)}.")
-        self.swinViT = DualScaleSwinViT(self.swinViT, coarse_scale, sorted(set(tif_levels)), dict(tif_args or {}))
+        self.swinViT = DualScaleSwinViT(self.swinViT, coarse_scale, tif_levels, tif_args)
 
     def init_coarse_from_fine(self) -> None:
         """Copy the fine encoder's Swin weights into the coarse one (its patch embedding excepted)."""
-        own = self.swinViT.coarse.state_dict()
-        fine = {k: v for k, v in self.swinViT.fine.state_dict().items() if not k.startswith("patch_embed.")}
-        own.update(fine)
-        self.swinViT.coarse.load_state_dict(own)
+        copy_model_state(self.swinViT.coarse, self.swinViT.fine, exclude_vars="^patch_embed\\.")

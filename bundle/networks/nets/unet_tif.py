@@ -11,11 +11,10 @@ from __future__ import annotations
 from typing import Any, List, Mapping, Optional, Sequence, Union
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
+from monai.networks.layers import Pool
 from monai.networks.nets import BasicUNet
 
-from bundle.networks.blocks.tif import TIF
+from bundle.networks.blocks.tif import TIFLevels
 
 __all__ = ["BasicUNetTIF"]
 
@@ -55,15 +54,9 @@ class BasicUNetTIF(BasicUNet):
         tif_args: Optional[Mapping[str, Any]] = None,
     ) -> None:
         super().__init__(spatial_dims, in_channels, out_channels, features, act, norm, bias, dropout, upsample)
-        if not set(tif_levels) <= {0, 1, 2, 3, 4}:
-            raise ValueError(f"tif_levels must be among 0..4 (BasicUNet's encoder levels), got {tuple(tif_levels)}.")
-        self.tif_levels = sorted(set(tif_levels))
-        self.coarse_scale = coarse_scale
-        level_channels = list(features[:5])
-        # ModuleDict keyed by level, so the keys say which level a TIF fuses
-        self.fusions = nn.ModuleDict(
-            {str(i): TIF(level_channels[i], level_channels[i], output="sum", **dict(tif_args or {})) for i in self.tif_levels}
-        )
+        self.coarse_view = Pool[Pool.AVG, spatial_dims](kernel_size=coarse_scale)
+        # keyed by level, so the keys say which level a TIF fuses
+        self.fusions = TIFLevels(list(features[:5]), tif_levels, tif_args, "BasicUNet's encoder levels")
 
     def encode(self, x: torch.Tensor) -> List[torch.Tensor]:
         """The encoder's features at levels 0 (full resolution) to 4 (1/16)."""
@@ -74,9 +67,7 @@ class BasicUNetTIF(BasicUNet):
         return [x0, x1, x2, x3, self.down_4(x3)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fine = self.encode(x)
-        coarse = self.encode(F.avg_pool2d(x, self.coarse_scale) if x.dim() == 4 else F.avg_pool3d(x, self.coarse_scale))
-        feats = [self.fusions[str(i)](f, c) if str(i) in self.fusions else f for i, (f, c) in enumerate(zip(fine, coarse))]
+        feats = self.fusions(self.encode(x), self.encode(self.coarse_view(x)))
         u4 = self.upcat_4(feats[4], feats[3])
         u3 = self.upcat_3(u4, feats[2])
         u2 = self.upcat_2(u3, feats[1])
