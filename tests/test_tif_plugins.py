@@ -47,6 +47,21 @@ def test_swin_unetr_tif_loads_plain_weights(spatial_dims):
     assert tif(x).shape == (1, 3) + (64,) * spatial_dims
 
 
+def test_swin_unetr_tif_load_from_takes_monai_pretrained_swin_weights():
+    """``SwinUNETR.load_from``'s self-supervised checkpoint layout ("module." + encoder keys, MLPs as fc1/fc2)
+    fills both encoders, as it fills a plain SwinUNETR's."""
+    kwargs = dict(in_channels=1, out_channels=2, feature_size=12, spatial_dims=2)
+    pretrained = SwinUNETR(**kwargs).swinViT
+    weights = {"state_dict": {"module." + k.replace("mlp.linear", "mlp.fc"): v for k, v in pretrained.state_dict().items()}}
+    SwinUNETR(**kwargs).load_from(weights)  # the layout MONAI's own loader reads
+    tif = SwinUNETRTIF(**kwargs)
+    tif.load_from(weights)
+    for encoder in (tif.swinViT.fine, tif.swinViT.coarse):
+        torch.testing.assert_close(encoder.layers3[0].blocks[1].attn.qkv.weight, pretrained.layers3[0].blocks[1].attn.qkv.weight)
+        torch.testing.assert_close(encoder.layers2[0].downsample.reduction.weight, pretrained.layers2[0].downsample.reduction.weight)
+    torch.testing.assert_close(tif.swinViT.fine.patch_embed.proj.weight, pretrained.patch_embed.proj.weight)
+
+
 def test_bad_levels_are_named():
     with pytest.raises(ValueError, match="tif_levels"):
         BasicUNetTIF(tif_levels=(5,))

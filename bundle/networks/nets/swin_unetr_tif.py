@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 from typing import Any, List, Mapping, Optional, Sequence
 
 import torch
@@ -86,6 +87,12 @@ class SwinUNETRTIF(SwinUNETR):
     ) -> None:
         super().__init__(in_channels, out_channels, *args, **kwargs)
         self.swinViT = DualScaleSwinViT(self.swinViT, coarse_scale, tif_levels, tif_args)
+
+    def load_from(self, weights: Mapping[str, Any]) -> None:
+        """MONAI's ``SwinUNETR.load_from`` (self-supervised pretrained Swin weights) into the fine encoder,
+        then :meth:`init_coarse_from_fine`. The inherited method would look for ``swinViT.layers1``."""
+        SwinUNETR.load_from(SimpleNamespace(swinViT=self.swinViT.fine), weights)  # it reads only .swinViT
+        self.init_coarse_from_fine()
 
     def init_coarse_from_fine(self) -> None:
         """Copy the fine encoder's Swin weights into the coarse one (its patch embedding excepted)."""
