@@ -51,6 +51,7 @@ import yaml
 
 from bundle.checkpoints import load_model_weights, read_checkpoint
 from bundle.errors import BundleInputError
+from bundle.planning import PLANNED, read_plan
 
 __all__ = ["export_bundle", "zoo_config", "main"]
 
@@ -215,10 +216,20 @@ def package_versions() -> Dict[str, str]:
 # ---- the parts of the bundle -----------------------------------------------------------------
 
 
+def apply_plan(configs: Dict[str, Dict[str, Any]], plan: Dict[str, Any], overrides: Dict[str, Any]) -> None:
+    """The run's planned settings (``runs/train/plan.json``) as plain values in every config that has them:
+    a zoo bundle has no training run to read its scale from, and its train.json reproduces the run."""
+    for config in configs.values():
+        for key in PLANNED:
+            if key in config and key in plan and key not in overrides:
+                config[key] = copy.deepcopy(plan[key])
+
+
 def _network_summary(configs: Dict[str, Dict[str, Any]], network: torch.nn.Module) -> Dict[str, Any]:
     train = configs["train"]
     net_config = train["network_def"]
     preset = train.get("preset") if net_config.get("preset") == "@preset" else net_config.get("preset")
+    image_size, roi = train.get("image_size"), train.get("roi_size")
     return {
         "class": network.__class__.__name__,
         "target": net_config["_target_"],
@@ -226,9 +237,12 @@ def _network_summary(configs: Dict[str, Dict[str, Any]], network: torch.nn.Modul
         "params_m": sum(p.numel() for p in network.parameters()) / 1e6,
         "in_channels": int(train["in_channels"]),
         "out_channels": int(train["out_channels"]),
-        "roi_size": list(train["roi_size"]),
+        "image_size": list(image_size) if isinstance(image_size, list) else None,
+        "roi_size": list(roi) if isinstance(roi, list) else [64, 64],
+        # what the network sees at once: the whole-image size, or the sliding window
+        "inference_size": list(image_size) if isinstance(image_size, list) else list(roi) if isinstance(roi, list) else [64, 64],
         "deep_supervision": bool(net_config.get("deep_supervision", False)),
-        "settings": {k: train.get(k) for k in ("max_epochs", "batch_size", "crops_per_image", "learning_rate", "val_interval")},
+        "settings": {k: train.get(k) for k in ("max_epochs", "batch_size", "crops_per_image", "learning_rate", "val_interval", "max_grad_norm")},
     }
 
 
@@ -323,7 +337,7 @@ def export_torchscript(root: Path, net: Dict[str, Any]) -> None:
     """``models/model.ts`` through MONAI's ``ckpt_export``, traced on one tile (scripting fails in MONAI's 2D ``PatchEmbed``)."""
     from monai.bundle import ckpt_export
 
-    shape = [1, net["in_channels"], *net["roi_size"]]
+    shape = [1, net["in_channels"], *net["inference_size"]]
     with warnings.catch_warnings():  # the tracer's notes on shape-dependent branches: the padding is traced out
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         ckpt_export(
@@ -336,7 +350,7 @@ def export_torchscript(root: Path, net: Dict[str, Any]) -> None:
 def _compare_torchscript(root: Path, network: torch.nn.Module, net: Dict[str, Any]) -> float:
     """Max abs difference of ``model.ts`` and the PyTorch network on a sliding-window batch of random tiles."""
     scripted = torch.jit.load(str(root / "models" / "model.ts"), map_location="cpu")
-    x = torch.rand(4, net["in_channels"], *net["roi_size"], generator=torch.Generator().manual_seed(0))
+    x = torch.rand(4, net["in_channels"], *net["inference_size"], generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         return float((scripted(x) - network.eval()(x)).abs().max())
 
@@ -349,7 +363,7 @@ def export_onnx(root: Path, network: torch.nn.Module, net: Dict[str, Any]) -> fl
     except ImportError as e:
         raise BundleInputError("--onnx needs onnx, onnxscript and onnxruntime: pip install onnx onnxscript onnxruntime") from e
     path = root / "models" / "model.onnx"
-    example = torch.rand(2, net["in_channels"], *net["roi_size"])
+    example = torch.rand(2, net["in_channels"], *net["inference_size"])
     network = network.eval()
     with torch.no_grad():
         program = torch.onnx.export(
@@ -357,7 +371,7 @@ def export_onnx(root: Path, network: torch.nn.Module, net: Dict[str, Any]) -> fl
             dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},),
         )  # fmt: skip
     program.save(str(path))
-    x = torch.rand(4, net["in_channels"], *net["roi_size"], generator=torch.Generator().manual_seed(0))
+    x = torch.rand(4, net["in_channels"], *net["inference_size"], generator=torch.Generator().manual_seed(0))
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (out,) = session.run(None, {"image": x.numpy()})
     with torch.no_grad():
@@ -381,7 +395,11 @@ def _fmt(value: Any) -> str:
 def build_readme(
     name: str, meta: Dict[str, Any], net: Dict[str, Any], run: Dict[str, Any], dataset: str, checks: Dict[str, Any]
 ) -> str:
-    c, roi = net["in_channels"], net["roi_size"]
+    c, roi = net["in_channels"], net["inference_size"]
+    scale = (
+        f"whole images resized to {roi[0]} x {roi[1]}, logits resized back" if net["image_size"]
+        else f"sliding window, {roi[0]} x {roi[1]} tiles"
+    )
     preset = f" (preset `{net['preset']}`)" if net["preset"] else ""
     split = run.get("split", {})
     split_text = ", ".join(f"{n} {k}" for k, n in split.items()) if split else "not recorded (no runs/train/datalist.json)"
@@ -389,8 +407,8 @@ def build_readme(
     perf = []
     if "eval" in run:
         where = "the run's test split" if run.get("eval_is_test_split") else f"{run.get('eval_count', '?')} images"
-        perf.append(f"Measured by `configs/evaluate.yaml` on {where}, at each image's native resolution (sliding window, "
-                    f"{roi[0]} x {roi[1]} tiles, threshold 0.5):\n")  # fmt: skip
+        perf.append(f"Measured by `configs/evaluate.yaml` on {where}, at each image's native resolution ({scale}, "
+                    "threshold 0.5):\n")  # fmt: skip
         perf.append("| metric | value |\n|---|---|")
         perf += [f"| {k} | {_fmt(v)} |" for k, v in run["eval"].items()]
         perf.append("")
@@ -406,7 +424,7 @@ def build_readme(
                 f"(4 random {roi[0]} x {roi[1]} tiles)"
                 + (f"; `models/model.onnx` in ONNX Runtime vs PyTorch {checks['onnx']:.2e}." if "onnx" in checks else "."))  # fmt: skip
     supervision = (
-        " on the main and auxiliary outputs (MONAI's DeepSupervisionLoss, weights 1, 0.5, 0.25)" if net["deep_supervision"] else ""
+        " on the main and auxiliary outputs (MONAI's DeepSupervisionLoss, weights 0.6, 0.2, 0.2)" if net["deep_supervision"] else ""
     )
     pins = " ".join(f"{k}=={v}" for k, v in meta["required_packages_version"].items())
     onnx_line = (
@@ -437,15 +455,16 @@ Trained on: {dataset}. Split of the run: {split_text}.
 License of the data: see `docs/data_license.txt`.
 
 Inputs: {'RGB' if c == 3 else f'{c}-channel'} 2D images (PNG, JPEG, TIFF, BMP, GIF or NIfTI), intensities scaled to [0, 1]
-per image; any size (inference tiles the image with a sliding window). Outputs: a mask of the input's size,
+per image; any size (inference: {scale}). Outputs: a mask of the input's size,
 written as `<name>_mask.png` (0/255{'' if net['out_channels'] == 1 else ', or class indices'}) and `<name>_overlay.png`.
 
 ## Training configuration
 
-`configs/train.json` as exported: input tiles {roi[0]} x {roi[1]} (random crops, half centred on the foreground),
-batch {s['batch_size']} images x {s['crops_per_image']} crops, AdamW (learning rate {s['learning_rate']}, weight decay 1e-4)
-with a cosine schedule over {s['max_epochs']} epochs, Dice + cross-entropy{supervision},
-flips, 90 degree rotations and intensity jitter; validation every {s['val_interval']} epochs at native resolution.
+`configs/train.json` as exported: {'whole images resized to ' + str(roi[0]) + ' x ' + str(roi[1]) + ' with random zoom' if net['image_size'] else 'native-resolution patches of ' + str(roi[0]) + ' x ' + str(roi[1]) + ' (random crops, half centred on the foreground)'},
+batch {s['batch_size']} images x {s['crops_per_image']} view(s), AdamW (learning rate {s['learning_rate']}, weight decay 1e-4)
+with linear warm-up and a cosine schedule over {s['max_epochs']} epochs, gradient norm clipped at {s['max_grad_norm']},
+Dice + cross-entropy{supervision}, flips, 90 degree rotations and intensity jitter; validation every
+{s['val_interval']} epochs at native resolution (the settings come from the run's plan, `runs/train/plan.json`).
 This model: {run.get('epochs', 'unknown (no models/checkpoint.pt)')} epochs.
 
 ## Performance
@@ -584,6 +603,7 @@ def export_bundle(
             raise BundleInputError(f"{path} exists: give --overwrite to replace it, or another --output or --version")
 
     configs = merged_configs(configs_dir, config_files, dict(overrides or {}))
+    apply_plan(configs, read_plan(bundle_root / "runs" / "train"), dict(overrides or {}))
     from monai.bundle import ConfigParser
 
     network = ConfigParser(copy.deepcopy(configs["inference"])).get_parsed_content("network_def")

@@ -5,17 +5,20 @@
   has a best model).
 - :class:`TerminateOnNanHandler`: ignite's ``TerminateOnNan``.
 - :class:`ProgressBarHandler`: ignite's tqdm ``ProgressBar``.
+- :class:`GradientClipHandler`: clips the gradient norm between backward and the optimizer step.
 """
 
 from __future__ import annotations
 
 from typing import Callable, Optional
 
+import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar, TerminateOnNan
+from monai.engines.utils import IterationEvents
 from monai.handlers import ValidationHandler
 
-__all__ = ["PeriodicValidationHandler", "TerminateOnNanHandler", "ProgressBarHandler"]
+__all__ = ["PeriodicValidationHandler", "TerminateOnNanHandler", "ProgressBarHandler", "GradientClipHandler"]
 
 
 class PeriodicValidationHandler(ValidationHandler):
@@ -66,3 +69,27 @@ class ProgressBarHandler:
 
     def attach(self, engine: Engine) -> None:
         self.bar.attach(engine, output_transform=self.output_transform)
+
+
+class GradientClipHandler:
+    """Clip the trainer's gradients (total norm) after backward, before the optimizer steps.
+
+    MONAI's ``SupervisedTrainer`` fires ``IterationEvents.BACKWARD_COMPLETED`` between the two; under
+    mixed precision the gradients are unscaled first, so the limit is on the true gradient.
+
+    Args:
+        max_norm: the largest total gradient norm; ``None`` or 0 disables clipping.
+    """
+
+    def __init__(self, max_norm: Optional[float] = 1.0) -> None:
+        self.max_norm = max_norm
+
+    def attach(self, engine: Engine) -> None:
+        if self.max_norm:
+            engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        scaler = getattr(engine, "scaler", None)
+        if getattr(engine, "amp", False) and scaler is not None:
+            scaler.unscale_(engine.optimizer)
+        torch.nn.utils.clip_grad_norm_(engine.network.parameters(), self.max_norm)

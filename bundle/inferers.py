@@ -1,0 +1,76 @@
+"""The inferer every workflow uses: whole images at a fixed scale, or native-resolution patches.
+
+:class:`SegmentationInferer` is one MONAI ``Inferer`` for both ways a plan can train
+(:mod:`bundle.planning`):
+
+- ``image_size`` given: the image is resized to it, the network runs once, and the logits are
+  resized back (bilinear) to the image's own height and width, so metrics, masks and overlays are
+  at native resolution while the network sees the scale it was trained at;
+- ``image_size`` ``None``: MONAI's ``SlidingWindowInferer`` with ``roi_size`` windows at native
+  resolution (thin structures such as retinal vessels, which resizing would erase).
+
+``flip_tta`` averages the logits over the image and its flips (test-time augmentation).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, List, Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.inferers import Inferer, SlidingWindowInferer
+
+__all__ = ["SegmentationInferer"]
+
+
+class SegmentationInferer(Inferer):
+    """Logits at the input's own size, from whole images at ``image_size`` or sliding ``roi_size`` windows.
+
+    Args:
+        image_size: (height, width) the network sees whole images at; ``None``: sliding windows.
+        roi_size: sliding-window size when ``image_size`` is ``None``.
+        sw_batch_size: windows per network call.
+        overlap: sliding-window overlap.
+        flip_tta: also run the flipped image (each spatial axis) and average the logits.
+    """
+
+    def __init__(
+        self,
+        image_size: Sequence[int] | None = None,
+        roi_size: Sequence[int] | None = None,
+        sw_batch_size: int = 4,
+        overlap: float = 0.25,
+        flip_tta: bool = False,
+    ) -> None:
+        super().__init__()
+        if image_size is None and roi_size is None:
+            raise ValueError("SegmentationInferer needs image_size (whole images) or roi_size (sliding windows).")
+        self.image_size = None if image_size is None else [int(s) for s in image_size]
+        self.window = (
+            None
+            if self.image_size is not None
+            else SlidingWindowInferer(roi_size=list(roi_size), sw_batch_size=sw_batch_size, overlap=overlap, mode="gaussian")
+        )
+        self.flip_tta = flip_tta
+
+    def _infer(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.window is not None:
+            return self.window(inputs, network, *args, **kwargs)
+        size = list(inputs.shape[2:])
+        mode = "bilinear" if len(size) == 2 else "trilinear"
+        resized = inputs
+        if size != self.image_size:  # antialiased when shrinking a 2D image (PyTorch has it in 2D only)
+            resized = F.interpolate(inputs, size=self.image_size, mode=mode, align_corners=False, antialias=len(size) == 2)
+        logits = network(resized, *args, **kwargs)
+        if list(logits.shape[2:]) == size:
+            return logits
+        return F.interpolate(logits, size=size, mode=mode, align_corners=False)
+
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
+        logits = self._infer(inputs, network, *args, **kwargs)
+        if not self.flip_tta:
+            return logits
+        flips: List[List[int]] = [[d] for d in range(2, inputs.ndim)]
+        for dims in flips:
+            logits = logits + self._infer(inputs.flip(dims), network, *args, **kwargs).flip(dims)
+        return logits / (len(flips) + 1)

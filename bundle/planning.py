@@ -1,0 +1,383 @@
+"""A training plan made from the data, once, when a training run starts.
+
+The idea is nnU-Net's (plan the scale and patch size from the data's fingerprint); the rules are
+ours and short enough to state:
+
+1. Fingerprint: image sizes and channels (file headers, every training image), class count, and from
+   a seeded sample of training masks the foreground fraction, the objects' size, and the *resize
+   ceiling* at each candidate scale: the Dice a perfect prediction keeps after the mask is resized
+   to that scale and back to native size.
+2. Scale: whole images resized to ``image_size`` when some candidate size (a multiple of 64, no
+   larger than the median image) keeps a resize ceiling of at least ``MIN_RESIZE_DICE``; otherwise
+   (thin structures, e.g. retinal vessels) native-resolution patches of ``roi_size``.
+3. Time: one training step is timed on the run's device (a copy of the network, random data);
+   ``max_epochs`` is what fits ``time_budget_minutes`` (validation included), and among the
+   candidate sizes the plan takes the largest that still leaves ``MIN_EPOCHS`` epochs.
+
+Every setting given on the command line (anything but ``auto``) wins over the plan and is recorded
+as given. The plan is written to ``output_dir/plan.json`` and logged in plain words; a resumed run
+reads it back instead of planning again. The demo data get fixed small settings (no timing).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import random
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bundle.errors import BundleInputError
+from bundle.image_files import read_array, read_info
+from bundle.transforms import binarize_mask
+
+__all__ = ["TrainingPlan", "plan_training", "read_plan", "fingerprint", "PLAN_FILE"]
+
+PLAN_FILE = "plan.json"
+AUTO = "auto"
+CANDIDATE_SIZES = (384, 320, 256, 192, 128)  # whole-image sides, multiples of DS-TransUNet's 64
+MIN_RESIZE_DICE = 0.95  # below this, resizing alone would cost more Dice than a good model loses
+MIN_EPOCHS = 40  # the budget buys a smaller scale before it buys fewer than this many epochs
+MASK_SAMPLE = 64  # masks read for the fingerprint
+PATCH_SIDE = 128  # native-resolution patch side (2 x 2 tokens at the coarse branch's last stage)
+WHOLE_IMAGE_BATCH = 8
+PATCH_BATCH, PATCH_CROPS = 4, 4
+DEMO = dict(image_size=None, roi_size=[64, 64], batch_size=4, crops_per_image=4, max_epochs=30)
+PLANNED = ("image_size", "roi_size", "batch_size", "crops_per_image", "max_epochs")
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingPlan:
+    """What a training run uses; the configs read its fields (``$@plan.image_size``)."""
+
+    image_size: Optional[List[int]]
+    roi_size: List[int]
+    batch_size: int
+    crops_per_image: int
+    max_epochs: int
+    given: Dict[str, Any] = field(default_factory=dict)
+    fingerprint: Dict[str, Any] = field(default_factory=dict)
+    timing: Dict[str, Any] = field(default_factory=dict)
+    reasons: List[str] = field(default_factory=list)
+
+    @property
+    def inference_size(self) -> List[int]:
+        """The size the network sees at once in inference: the whole-image size, or the window."""
+        return list(self.image_size or self.roi_size)
+
+
+def _is_auto(value: Any) -> bool:
+    return isinstance(value, str) and value.strip().lower() == AUTO
+
+
+def _size_setting(name: str, value: Any, allow_none: bool) -> Optional[List[int]]:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, int) and value > 0:
+        return [value, value]
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value):
+        return [int(v) for v in value]
+    none = ", null (native-resolution patches)" if allow_none else ""
+    raise BundleInputError(f"--{name} {value!r}: give auto, [height, width] in pixels{none}.")
+
+
+def _count_setting(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BundleInputError(f"--{name} {value!r}: give auto or a whole number of at least 1.")
+    return value
+
+
+def _mask_foreground(path: str, out_channels: int) -> np.ndarray:
+    mask = read_array(path, as_mask=True)[0]
+    return binarize_mask(mask) if out_channels == 1 else mask > 0
+
+
+def _resize_dice(mask: np.ndarray, size: Sequence[int]) -> float:
+    """Dice between ``mask`` and the mask resized to ``size`` (area) and back (bilinear, threshold 0.5)."""
+    t = torch.from_numpy(mask.astype(np.float32))[None, None]
+    small = F.interpolate(t, size=list(size), mode="area")
+    back = F.interpolate(small, size=list(mask.shape), mode="bilinear", align_corners=False)[0, 0] > 0.5
+    truth = torch.from_numpy(mask)
+    total = int(truth.sum()) + int(back.sum())
+    return 1.0 if total == 0 else 2.0 * int((truth & back).sum()) / total
+
+
+def fingerprint(
+    pairs: Sequence[Mapping[str, str]], out_channels: int = 1, sizes: Sequence[int] = CANDIDATE_SIZES, seed: int = 0
+) -> Dict[str, Any]:
+    """Sizes, channels and classes of the training data, and foreground statistics and resize
+    ceilings (Dice kept by resizing a mask to ``s x s`` and back, for each ``s`` in ``sizes``)
+    from a seeded sample of up to ``MASK_SAMPLE`` masks."""
+    from scipy import ndimage
+
+    infos = [read_info(p["image"]) for p in pairs]
+    heights, widths = [i.height for i in infos], [i.width for i in infos]
+    sample = random.Random(seed).sample(list(pairs), min(MASK_SAMPLE, len(pairs)))
+    fractions, widths_px, objects = [], [], []
+    ceilings: Dict[int, List[float]] = {s: [] for s in sizes}
+    for pair in sample:
+        fg = _mask_foreground(pair["label"], out_channels)
+        fractions.append(float(fg.mean()))
+        if not fg.any():
+            continue
+        objects.append(ndimage.label(fg)[1])
+        # structure width: 4 x the mean distance of a foreground pixel to the background
+        # (exactly w for a band of width w; two thirds of the diameter for a disk)
+        widths_px.append(float(4.0 * ndimage.distance_transform_edt(fg)[fg].mean()))
+        for s in sizes:
+            ceilings[s].append(_resize_dice(fg, (s, s)))
+    return {
+        "training_images": len(pairs),
+        "height": {"min": min(heights), "median": int(statistics.median(heights)), "max": max(heights)},
+        "width": {"min": min(widths), "median": int(statistics.median(widths)), "max": max(widths)},
+        "channels": sorted({i.channels for i in infos}),
+        "classes": out_channels if out_channels > 1 else 1,
+        "masks_sampled": len(sample),
+        "empty_masks_in_sample": sum(f == 0 for f in fractions),
+        "foreground_fraction": round(statistics.median(fractions), 4) if fractions else 0.0,
+        "objects_per_image": round(statistics.median(objects), 1) if objects else 0,
+        "structure_width_px": round(statistics.median(widths_px), 1) if widths_px else 0.0,
+        "resize_dice": {str(s): round(statistics.mean(v), 4) for s, v in ceilings.items() if v},
+    }
+
+
+def _time_step(
+    network: torch.nn.Module, loss: Callable, batch: int, in_channels: int, size: Sequence[int], device: torch.device
+) -> float:
+    """Seconds per training step (forward, loss, backward, AdamW step), median of two after a warm-up,
+    on a copy of ``network`` with random data; the run's network and random state are untouched."""
+    model = copy.deepcopy(network).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1.0e-4)
+    out_channels = getattr(model, "out_channels", 1)
+    times = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        x = torch.rand(batch, in_channels, *size, device=device)
+        y = (torch.rand(batch, 1, *size, device=device) > 0.5).float()
+        if out_channels > 1:
+            y = torch.randint(0, out_channels, (batch, 1, *size), device=device).float()
+        for _ in range(3):
+            start = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            loss(model(x), y).backward()
+            optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - start)
+    del model, optimizer
+    return statistics.median(times[1:])
+
+
+def _windows(image_hw: Sequence[int], roi: Sequence[int], overlap: float = 0.25) -> int:
+    return math.prod(max(1, math.ceil((s - r) / (r * (1 - overlap))) + 1) if s > r else 1 for s, r in zip(image_hw, roi))
+
+
+def read_plan(output_dir: Union[str, os.PathLike]) -> Dict[str, Any]:
+    """The plan a training run wrote to ``output_dir/plan.json`` ({} when there is none), for
+    evaluation and inference to use the scale the model was trained at."""
+    path = Path(output_dir) / PLAN_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise BundleInputError(f"cannot read the training plan {path}: {e}") from e
+
+
+def planned(output_dir: Union[str, os.PathLike], key: str, default: Any) -> Any:
+    """``key`` of the training run's plan in ``output_dir`` (``default`` without a plan)."""
+    return read_plan(output_dir).get(key, default)
+
+
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _broadcast(plan: Optional[TrainingPlan]) -> TrainingPlan:
+    """Rank 0's plan on every process of a distributed run (timings differ between processes)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return plan  # type: ignore[return-value]
+    box = [plan if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def plan_training(
+    datalists: Mapping[str, Sequence[Mapping[str, str]]],
+    output_dir: Union[str, os.PathLike],
+    network: torch.nn.Module,
+    loss: Callable,
+    device: Union[str, torch.device] = "cpu",
+    in_channels: int = 3,
+    out_channels: int = 1,
+    image_size: Any = AUTO,
+    roi_size: Any = AUTO,
+    batch_size: Any = AUTO,
+    crops_per_image: Any = AUTO,
+    max_epochs: Any = AUTO,
+    time_budget_minutes: float = 60.0,
+    val_interval: int = 1,
+    epoch_length: Optional[int] = None,
+    demo: bool = False,
+    resume: bool = False,
+) -> TrainingPlan:
+    """Resolve the ``auto`` settings of a training run from its data and device (see the module
+    docstring), write ``output_dir/plan.json`` and log the plan. Given settings are kept as given."""
+    requested = dict(
+        image_size=image_size, roi_size=roi_size, batch_size=batch_size, crops_per_image=crops_per_image,
+        max_epochs=max_epochs,
+    )  # fmt: skip
+    given: Dict[str, Any] = {}
+    for key, value in requested.items():
+        if _is_auto(value):
+            continue
+        if key in ("image_size", "roi_size"):
+            given[key] = _size_setting(key, value, allow_none=key == "image_size")
+        else:
+            given[key] = _count_setting(key, value)
+    if not isinstance(time_budget_minutes, (int, float)) or isinstance(time_budget_minutes, bool) or time_budget_minutes <= 0:
+        raise BundleInputError(f"--time_budget_minutes {time_budget_minutes!r}: give a positive number of minutes.")
+    path = Path(output_dir) / PLAN_FILE
+    main = _world_size() == 1 or torch.distributed.get_rank() == 0
+    plan: Optional[TrainingPlan] = None
+    if main:
+        if resume and path.is_file():
+            saved = read_plan(output_dir)
+            plan = TrainingPlan(**{k: saved.get(k) for k in PLANNED}, fingerprint=saved.get("fingerprint", {}),
+                                timing=saved.get("timing", {}), reasons=saved.get("reasons", []))  # fmt: skip
+            plan.reasons = ["resumed: the run's own plan"] + plan.reasons
+        elif demo:
+            plan = TrainingPlan(**DEMO, reasons=["demo data: fixed small settings, no planning"])
+        else:
+            plan = _make_plan(
+                datalists, network, loss, torch.device(device), in_channels, out_channels, given,
+                time_budget_minutes, val_interval, epoch_length,
+            )  # fmt: skip
+        for key, value in given.items():
+            setattr(plan, key, value)
+        plan.given = given
+    plan = _broadcast(plan)
+    if main:
+        _write_plan(path, plan, time_budget_minutes)
+        _log_plan(plan, path)
+    return plan
+
+
+def _make_plan(
+    datalists: Mapping[str, Sequence[Mapping[str, str]]],
+    network: torch.nn.Module,
+    loss: Callable,
+    device: torch.device,
+    in_channels: int,
+    out_channels: int,
+    given: Mapping[str, Any],
+    budget_minutes: float,
+    val_interval: int,
+    epoch_length: Optional[int],
+) -> TrainingPlan:
+    train, val = list(datalists["training"]), list(datalists.get("validation") or [])
+    fp = fingerprint(train, out_channels)
+    reasons = []
+    median_hw = (fp["height"]["median"], fp["width"]["median"])
+    largest = max(64, math.ceil(max(median_hw) / 64) * 64)  # never blow images up past one 64 step
+    ceiling = {int(s): d for s, d in fp["resize_dice"].items()}
+    fits = [s for s in CANDIDATE_SIZES if s <= largest and ceiling.get(s, 0.0) >= MIN_RESIZE_DICE]
+    whole_image = given["image_size"] is not None if "image_size" in given else bool(fits)
+    if "image_size" in given:
+        reasons.append(f"image_size {given['image_size']} given")
+    elif fits:
+        reasons.append(
+            f"resizing masks to {fits[0]} px and back keeps Dice {ceiling[fits[0]]:.3f} (>= {MIN_RESIZE_DICE}): whole images"
+        )
+    else:
+        best = max(ceiling, key=ceiling.get) if ceiling else None
+        detail = f" (best {ceiling[best]:.3f} at {best} px)" if best else ""
+        reasons.append(
+            f"resizing would lose fine structures (structure width {fp['structure_width_px']} px; "
+            f"resize Dice below {MIN_RESIZE_DICE}{detail}): native-resolution patches"
+        )
+    batch = given.get("batch_size", WHOLE_IMAGE_BATCH if whole_image else PATCH_BATCH)
+    crops = given.get("crops_per_image", 1 if whole_image else PATCH_CROPS)
+    short_side = min(median_hw)
+    roi_side = max(64, min(PATCH_SIDE, short_side // 64 * 64))
+    roi = given.get("roi_size", [roi_side, roi_side])
+    world = _world_size()
+
+    def epoch_seconds(step: float, step_images: int, size: Sequence[int]) -> float:
+        steps = epoch_length or math.ceil(len(train) / (batch * world))
+        per_forward = step / 3.0 / step_images  # a forward is about a third of a training step
+        if whole_image:
+            val_forwards = len(val)
+        else:
+            val_forwards = sum(_windows(median_hw, size) for _ in val)
+        return steps * step + val_forwards * per_forward / world / max(1, val_interval)
+
+    timing: Dict[str, Any] = {"device": str(device), "processes": world}
+    budget = budget_minutes * 60.0 * 0.95  # loading and checkpoints take the rest
+    if whole_image:
+        sizes = [given["image_size"]] if "image_size" in given else [[s, s] for s in fits]
+        chosen = None
+        for size in sizes:
+            step = _time_step(network, loss, batch, in_channels, size, device)
+            epochs = int(budget // epoch_seconds(step, batch, size))
+            timing[f"{size[0]}x{size[1]}"] = {"seconds_per_step": round(step, 3), "epochs_in_budget": epochs}
+            chosen = (size, step, epochs)
+            if epochs >= MIN_EPOCHS or "max_epochs" in given:
+                break
+        size, step, epochs = chosen
+        if "image_size" not in given:
+            reasons.append(f"largest size leaving >= {MIN_EPOCHS} epochs in {budget_minutes:g} min (or the smallest): {size[0]}x{size[1]}")
+        image_size: Optional[List[int]] = size
+    else:
+        step = _time_step(network, loss, batch * crops, in_channels, roi, device)
+        epochs = int(budget // epoch_seconds(step, batch * crops, roi))
+        timing[f"{roi[0]}x{roi[1]} patches"] = {"seconds_per_step": round(step, 3), "epochs_in_budget": epochs}
+        image_size = None
+    timing["seconds_per_step"] = round(step, 3)
+    max_epochs = max(1, epochs)
+    reasons.append(f"a step of {batch} image(s) x {crops} view(s) takes {step:.2f} s on {device}: {max_epochs} epochs fit {budget_minutes:g} min")
+    return TrainingPlan(image_size=image_size, roi_size=list(roi), batch_size=batch, crops_per_image=crops,
+                        max_epochs=max_epochs, fingerprint=fp, timing=timing, reasons=reasons)  # fmt: skip
+
+
+def _write_plan(path: Path, plan: TrainingPlan, budget_minutes: float) -> None:
+    from bundle.data import _write_json_atomically
+
+    content = {"description": "the plan this training run uses (written by bundle.planning)", **asdict(plan),
+               "inference_size": plan.inference_size, "time_budget_minutes": budget_minutes}  # fmt: skip
+    _write_json_atomically(path, content)
+
+
+def _log_plan(plan: TrainingPlan, path: Path) -> None:
+    fp = plan.fingerprint
+    if fp:
+        logger.info(
+            "Data: %d training images, median %dx%d px (heights %d-%d, widths %d-%d), %s channel(s), %d class(es); "
+            "foreground %.1f%% of pixels, %s object(s) per image, structures about %s px wide.",
+            fp["training_images"], fp["height"]["median"], fp["width"]["median"], fp["height"]["min"], fp["height"]["max"],
+            fp["width"]["min"], fp["width"]["max"], "/".join(map(str, fp["channels"])), fp["classes"],
+            100 * fp["foreground_fraction"], fp["objects_per_image"], fp["structure_width_px"],
+        )  # fmt: skip
+    scale = f"whole images resized to {plan.image_size[0]}x{plan.image_size[1]}" if plan.image_size else (
+        f"native-resolution patches of {plan.roi_size[0]}x{plan.roi_size[1]}"
+    )
+    logger.info(
+        "Plan: %s, batch %d x %d, %d epochs (%s). Given: %s. Written to %s.",
+        scale, plan.batch_size, plan.crops_per_image, plan.max_epochs, "; ".join(plan.reasons),
+        ", ".join(f"{k}={v}" for k, v in plan.given.items()) or "nothing", path,
+    )  # fmt: skip
