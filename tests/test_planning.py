@@ -1,0 +1,147 @@
+"""The training plan (bundle.planning), the inferer that serves both of its scales, and the training
+recipe's handlers: fingerprints of synthetic data, given settings winning, plan.json, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Engine
+from monai.engines.utils import IterationEvents
+from monai.losses import DeepSupervisionLoss, DiceCELoss
+from monai.networks.nets import BasicUNet
+from PIL import Image
+
+from bundle.errors import BundleInputError
+from bundle.handlers import GradientClipHandler
+from bundle.inferers import SegmentationInferer
+from bundle.planning import CANDIDATE_SIZES, fingerprint, plan_training, read_plan
+
+
+def _write_pairs(folder: Path, masks: list, size: tuple) -> list:
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    pairs = []
+    for i, mask in enumerate(masks):
+        image = folder / "images" / f"{i}.png"
+        label = folder / "masks" / f"{i}.png"
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(image)
+        Image.fromarray(mask.astype(np.uint8) * 255).save(label)
+        pairs.append({"image": str(image), "label": str(label)})
+    return pairs
+
+
+def _blob(size: tuple, radius: int) -> np.ndarray:
+    yy, xx = np.mgrid[: size[0], : size[1]]
+    return (yy - size[0] / 2) ** 2 + (xx - size[1] / 2) ** 2 < radius**2
+
+
+def _lines(size: tuple) -> np.ndarray:
+    mask = np.zeros(size, bool)
+    mask[:, 40::37] = True  # one-pixel vessels
+    mask[50::41, :] = True
+    return mask
+
+
+def _plan(pairs, tmp_path, **settings):
+    network = BasicUNet(spatial_dims=2, in_channels=3, out_channels=1, features=(4, 4, 8, 8, 16, 4))
+    loss = DeepSupervisionLoss(DiceCELoss(sigmoid=True))
+    args = dict(datalists={"training": pairs, "validation": pairs[:1]}, output_dir=tmp_path / "run", network=network,
+                loss=loss, time_budget_minutes=0.5)  # fmt: skip
+    return plan_training(**{**args, **settings})
+
+
+def test_fingerprint_tells_blobs_from_thin_lines(tmp_path):
+    blobs = fingerprint(_write_pairs(tmp_path / "blobs", [_blob((600, 500), 150)] * 3, (600, 500)))
+    lines = fingerprint(_write_pairs(tmp_path / "lines", [_lines((600, 500))] * 3, (600, 500)))
+    assert blobs["height"]["median"] == 600 and blobs["width"]["median"] == 500 and blobs["channels"] == [3]
+    assert blobs["objects_per_image"] == 1 and 0.2 < blobs["foreground_fraction"] < 0.3
+    assert blobs["structure_width_px"] > 100 > 5 > lines["structure_width_px"]
+    assert all(blobs["resize_dice"][str(s)] > 0.97 for s in CANDIDATE_SIZES)
+    assert all(lines["resize_dice"][str(s)] < 0.95 for s in CANDIDATE_SIZES)
+
+
+def test_plan_resizes_blobs_and_patches_thin_lines(tmp_path):
+    blobs = _plan(_write_pairs(tmp_path / "blobs", [_blob((300, 300), 80)] * 4, (300, 300)), tmp_path / "a")
+    assert blobs.image_size in ([s, s] for s in CANDIDATE_SIZES if s <= 320) and blobs.crops_per_image == 1
+    assert blobs.max_epochs >= 1 and blobs.timing["seconds_per_step"] > 0
+    lines = _plan(_write_pairs(tmp_path / "lines", [_lines((300, 300))] * 4, (300, 300)), tmp_path / "b")
+    assert lines.image_size is None and lines.roi_size == [128, 128] and lines.crops_per_image > 1
+    saved = read_plan(tmp_path / "b" / "run")
+    assert saved["image_size"] is None and saved["inference_size"] == [128, 128] and saved["given"] == {}
+    assert saved["fingerprint"]["training_images"] == 4 and saved["reasons"]
+
+
+def test_given_settings_win_and_are_recorded(tmp_path):
+    pairs = _write_pairs(tmp_path / "blobs", [_blob((200, 200), 60)] * 2, (200, 200))
+    plan = _plan(pairs, tmp_path, image_size=[96, 128], batch_size=3, max_epochs=7)
+    assert (plan.image_size, plan.batch_size, plan.max_epochs) == ([96, 128], 3, 7)
+    assert plan.given == {"image_size": [96, 128], "batch_size": 3, "max_epochs": 7}
+    assert json.loads((tmp_path / "run" / "plan.json").read_text())["given"]["batch_size"] == 3
+    patches = _plan(pairs, tmp_path / "p", image_size=None, roi_size=64)
+    assert patches.image_size is None and patches.roi_size == [64, 64]
+
+
+def test_resume_reads_the_plan_back(tmp_path):
+    pairs = _write_pairs(tmp_path / "blobs", [_blob((200, 200), 60)] * 2, (200, 200))
+    first = _plan(pairs, tmp_path, max_epochs=5)
+    (tmp_path / "blobs" / "masks" / "0.png").unlink()  # a new plan would fail to read this mask
+    again = _plan(pairs, tmp_path, resume=True)
+    assert (again.image_size, again.max_epochs, again.batch_size) == (first.image_size, 5, first.batch_size)
+
+
+def test_demo_plan_is_fixed_and_fast(tmp_path):
+    plan = _plan([], tmp_path, demo=True)
+    assert (plan.image_size, plan.roi_size, plan.batch_size, plan.max_epochs) == (None, [64, 64], 4, 30)
+
+
+@pytest.mark.parametrize(
+    "setting, value",
+    [("batch_size", 0), ("max_epochs", "abc"), ("image_size", [0, 10]), ("roi_size", None), ("time_budget_minutes", -1)],
+)
+def test_bad_settings_are_one_clear_error(tmp_path, setting, value):
+    with pytest.raises(BundleInputError, match=setting):
+        _plan([], tmp_path, demo=True, **{setting: value})
+
+
+def test_inferer_gives_native_size_logits_at_either_scale():
+    calls = []
+
+    def network(x):
+        calls.append(tuple(x.shape[2:]))
+        return x[:, :1] * 2.0
+
+    image = torch.rand(1, 3, 150, 97)
+    whole = SegmentationInferer(image_size=[64, 64])(image, network)
+    assert whole.shape == (1, 1, 150, 97) and calls == [(64, 64)]
+    windows = SegmentationInferer(roi_size=[64, 64], sw_batch_size=8)(image, network)
+    assert windows.shape == (1, 1, 150, 97)
+    torch.testing.assert_close(windows, image[:, :1] * 2.0)  # a pixelwise network: windows stitch back exactly
+
+
+def test_flip_tta_averages_the_flipped_predictions():
+    weight = torch.randn(1, 3, 3, 3)
+
+    def network(x):
+        return torch.nn.functional.conv2d(x, weight, padding=1)
+
+    image = torch.rand(2, 3, 32, 48)
+    out = SegmentationInferer(image_size=[32, 48], flip_tta=True)(image, network)
+    expected = (network(image) + network(image.flip(2)).flip(2) + network(image.flip(3)).flip(3)) / 3
+    torch.testing.assert_close(out, expected)
+
+
+def test_gradient_clip_handler_limits_the_norm():
+    network = torch.nn.Linear(4, 1)
+    engine = Engine(lambda e, b: None)
+    engine.register_events(*IterationEvents)
+    engine.network, engine.amp = network, False
+    GradientClipHandler(max_norm=0.5).attach(engine)
+    (network(torch.full((8, 4), 10.0)).sum() * 100).backward()
+    engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+    norm = torch.sqrt(sum(p.grad.pow(2).sum() for p in network.parameters()))
+    assert norm == pytest.approx(0.5, rel=1e-4)
