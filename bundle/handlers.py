@@ -6,11 +6,15 @@
 - :class:`TerminateOnNanHandler`: ignite's ``TerminateOnNan``.
 - :class:`ProgressBarHandler`: ignite's tqdm ``ProgressBar``.
 - :class:`GradientClipHandler`: clips the gradient norm between backward and the optimizer step.
+- :class:`LargestComponentDecision`: after evaluating the validation split, records in the training
+  plan whether keeping the largest connected component raises mean Dice.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+import logging
+from pathlib import Path
+from typing import Callable, Optional, Union
 
 import torch
 from ignite.engine import Engine, Events
@@ -18,7 +22,15 @@ from ignite.handlers import ProgressBar, TerminateOnNan
 from monai.engines.utils import IterationEvents
 from monai.handlers import ValidationHandler
 
-__all__ = ["PeriodicValidationHandler", "TerminateOnNanHandler", "ProgressBarHandler", "GradientClipHandler"]
+__all__ = [
+    "PeriodicValidationHandler",
+    "TerminateOnNanHandler",
+    "ProgressBarHandler",
+    "GradientClipHandler",
+    "LargestComponentDecision",
+]
+
+logger = logging.getLogger(__name__)
 
 
 class PeriodicValidationHandler(ValidationHandler):
@@ -93,3 +105,44 @@ class GradientClipHandler:
         if getattr(engine, "amp", False) and scaler is not None:
             scaler.unscale_(engine.optimizer)
         torch.nn.utils.clip_grad_norm_(engine.network.parameters(), self.max_norm)
+
+
+class LargestComponentDecision:
+    """Decide, on the validation split, whether inference keeps only the largest connected component.
+
+    As nnU-Net decides its post-processing: when an evaluation of the training run's ``validation``
+    split completes, the mean Dice of the predictions (``plain_metric``) is compared with that of their
+    largest components (``largest_metric``); ``keep_largest`` and both figures are written into the
+    run's ``plan.json``, which evaluation of other splits and inference then follow.
+
+    Args:
+        train_output_dir: the training run's folder (its ``plan.json`` is updated).
+        split: the split being evaluated; only ``"validation"`` decides.
+        plain_metric: metric name of the predictions' mean Dice.
+        largest_metric: metric name of the largest components' mean Dice.
+    """
+
+    def __init__(
+        self,
+        train_output_dir: Union[str, Path],
+        split: Optional[str],
+        plain_metric: str = "mean_dice",
+        largest_metric: str = "mean_dice_largest_component",
+    ) -> None:
+        self.path = Path(train_output_dir) / "plan.json"
+        self.split, self.plain_metric, self.largest_metric = split, plain_metric, largest_metric
+
+    def attach(self, engine: Engine) -> None:
+        if self.split == "validation":
+            engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        from bundle.planning import update_plan
+
+        plain, largest = engine.state.metrics[self.plain_metric], engine.state.metrics[self.largest_metric]
+        keep = bool(largest > plain)
+        if update_plan(self.path.parent, keep_largest=keep, keep_largest_dice={"plain": plain, "largest_component": largest}):
+            logger.info(
+                "Validation Dice %.4f as predicted, %.4f keeping the largest connected component: inference %s it "
+                "(recorded in %s).", plain, largest, "keeps" if keep else "does not keep", self.path,
+            )  # fmt: skip

@@ -41,7 +41,7 @@ from bundle.errors import BundleInputError
 from bundle.image_files import read_array, read_info
 from bundle.transforms import binarize_mask
 
-__all__ = ["TrainingPlan", "plan_training", "read_plan", "fingerprint", "PLAN_FILE"]
+__all__ = ["TrainingPlan", "plan_training", "read_plan", "update_plan", "fingerprint", "PLAN_FILE"]
 
 PLAN_FILE = "plan.json"
 AUTO = "auto"
@@ -195,9 +195,16 @@ def read_plan(output_dir: Union[str, os.PathLike]) -> Dict[str, Any]:
         raise BundleInputError(f"cannot read the training plan {path}: {e}") from e
 
 
-def planned(output_dir: Union[str, os.PathLike], key: str, default: Any) -> Any:
-    """``key`` of the training run's plan in ``output_dir`` (``default`` without a plan)."""
-    return read_plan(output_dir).get(key, default)
+def update_plan(output_dir: Union[str, os.PathLike], **choices: Any) -> bool:
+    """Record later ``choices`` (e.g. evaluation's ``keep_largest``) in the run's ``plan.json``; False
+    (nothing written) where the run has no plan."""
+    from bundle.data import _write_json_atomically
+
+    plan = read_plan(output_dir)
+    if not plan:
+        return False
+    _write_json_atomically(Path(output_dir) / PLAN_FILE, {**plan, **choices})
+    return True
 
 
 def _world_size() -> int:
@@ -302,7 +309,8 @@ def _make_plan(
         reasons.append(f"image_size {given['image_size']} given")
     elif fits:
         reasons.append(
-            f"resizing masks to {fits[0]} px and back keeps Dice {ceiling[fits[0]]:.3f} (>= {MIN_RESIZE_DICE}): whole images"
+            f"resizing masks to {min(fits)} px and back still keeps Dice {ceiling[min(fits)]:.3f} (>= {MIN_RESIZE_DICE}): "
+            "whole images"
         )
     else:
         best = max(ceiling, key=ceiling.get) if ceiling else None
@@ -330,14 +338,17 @@ def _make_plan(
     timing: Dict[str, Any] = {"device": str(device), "processes": world}
     budget = budget_minutes * 60.0 * 0.95  # loading and checkpoints take the rest
     if whole_image:
-        sizes = [given["image_size"]] if "image_size" in given else [[s, s] for s in fits]
+        # smallest first: each larger size is timed only while the budget still leaves MIN_EPOCHS epochs
+        sizes = [given["image_size"]] if "image_size" in given else [[s, s] for s in sorted(fits)]
         chosen = None
         for size in sizes:
             step = _time_step(network, loss, batch, in_channels, size, device)
             epochs = int(budget // epoch_seconds(step, batch, size))
             timing[f"{size[0]}x{size[1]}"] = {"seconds_per_step": round(step, 3), "epochs_in_budget": epochs}
+            if chosen is not None and epochs < MIN_EPOCHS:
+                break
             chosen = (size, step, epochs)
-            if epochs >= MIN_EPOCHS or "max_epochs" in given:
+            if epochs < MIN_EPOCHS:
                 break
         size, step, epochs = chosen
         if "image_size" not in given:

@@ -5,6 +5,8 @@
   naming the file when it cannot.
 - :class:`PrepareMaskd`: turns a loaded mask into the label the loss needs: binary 0/1 from any
   0/1 or 0/255 encoding (JPEG noise thresholded away), or a checked multi-class label map.
+- :class:`LargestComponentd`: the largest connected component of each predicted class, beside the
+  prediction (for the metric that decides on it) or in its place.
 - :class:`SavePredictionPNGd`: writes each prediction as a mask PNG at the input's size and an overlay
   PNG (prediction filled yellow, ground truth outlined blue when known) for a person to look at.
 """
@@ -18,12 +20,12 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform
+from monai.transforms import KeepLargestConnectedComponent, MapTransform
 
 from bundle.errors import BundleInputError
 from bundle.image_files import read_array, split_name, write_png
 
-__all__ = ["LoadImage2Dd", "PrepareMaskd", "SavePredictionPNGd", "binarize_mask"]
+__all__ = ["LoadImage2Dd", "PrepareMaskd", "LargestComponentd", "SavePredictionPNGd", "binarize_mask"]
 
 
 def _filename(value: Any) -> str:
@@ -112,6 +114,36 @@ class PrepareMaskd(MapTransform):
                 label = array
             out = torch.from_numpy(np.ascontiguousarray(label.astype(np.uint8)))
             d[key] = MetaTensor(out, meta=dict(mask.meta)) if isinstance(mask, MetaTensor) else out
+        return d
+
+
+class LargestComponentd(MapTransform):
+    """Keep only the largest connected component of each foreground class of a discrete prediction.
+
+    Writes it to ``<key>_largest`` (so that a metric can compare it with the prediction) and, when
+    ``apply``, also in place of the prediction. Binary (one channel 0/1) and one-hot predictions.
+
+    Args:
+        keys: prediction keys (after thresholding or argmax + one-hot).
+        apply: replace the prediction by its largest components.
+        allow_missing_keys: skip keys that are absent.
+    """
+
+    def __init__(self, keys: KeysCollection, apply: bool = False, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.apply = apply
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            pred = d[key]
+            onehot = pred.shape[0] > 1
+            largest = KeepLargestConnectedComponent(
+                applied_labels=list(range(1, pred.shape[0])) if onehot else [1], is_onehot=onehot, independent=True
+            )(pred.clone())  # MONAI's transform edits its input in place
+            d[f"{key}_largest"] = largest
+            if self.apply:
+                d[key] = largest
         return d
 
 

@@ -9,16 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 from monai.losses import DeepSupervisionLoss, DiceCELoss
 from monai.networks.nets import BasicUNet
 from PIL import Image
 
 from bundle.errors import BundleInputError
-from bundle.handlers import GradientClipHandler
+from bundle.handlers import GradientClipHandler, LargestComponentDecision
 from bundle.inferers import SegmentationInferer
 from bundle.planning import CANDIDATE_SIZES, fingerprint, plan_training, read_plan
+from bundle.transforms import LargestComponentd
 
 
 def _write_pairs(folder: Path, masks: list, size: tuple) -> list:
@@ -145,3 +146,30 @@ def test_gradient_clip_handler_limits_the_norm():
     engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
     norm = torch.sqrt(sum(p.grad.pow(2).sum() for p in network.parameters()))
     assert norm == pytest.approx(0.5, rel=1e-4)
+
+
+def test_largest_component_beside_or_instead_of_the_prediction():
+    pred = torch.zeros(1, 20, 20)
+    pred[0, 2:10, 2:10] = 1  # the largest object
+    pred[0, 15:17, 15:17] = 1  # a speck
+    out = LargestComponentd(keys="pred")({"pred": pred})
+    assert out["pred"].sum() == 68 and out["pred_largest"].sum() == 64
+    onehot = torch.stack([1 - pred[0], pred[0]])
+    applied = LargestComponentd(keys="pred", apply=True)({"pred": onehot})
+    assert applied["pred"][1].sum() == 64 and applied["pred"][0].sum() == 400 - 68  # background untouched
+
+
+def test_validation_evaluation_records_the_largest_component_choice(tmp_path):
+    (tmp_path / "plan.json").write_text(json.dumps({"image_size": [128, 128]}))
+    engine = Engine(lambda e, b: None)
+    LargestComponentDecision(tmp_path, split="validation").attach(engine)
+    LargestComponentDecision(tmp_path, split="test").attach(engine)  # other splits never decide
+
+    @engine.on(Events.COMPLETED, before=True)
+    def metrics(e):
+        e.state.metrics.update(mean_dice=0.80, mean_dice_largest_component=0.83)
+
+    engine.run([0])
+    plan = read_plan(tmp_path)
+    assert plan["keep_largest"] is True and plan["image_size"] == [128, 128]
+    assert plan["keep_largest_dice"] == {"plain": 0.80, "largest_component": 0.83}
