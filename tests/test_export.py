@@ -68,6 +68,11 @@ def test_the_bundle_has_the_zoo_layout(exported):
     assert inference["bundle_root"] == "." and inference["network_def"]["_requires_"] == ["@add_bundle_code"]
     train = json.loads((bundle / "configs" / "train.json").read_text())
     assert train["max_epochs"] == 1 and train["demo_count"] == 12  # the settings the model was trained with
+    # the run's plan as plain values: a zoo bundle has no runs/train/plan.json to read its scale from
+    assert (train["image_size"], train["roi_size"], train["batch_size"], train["crops_per_image"]) == (None, [64, 64], 4, 2)
+    evaluate = json.loads((bundle / "configs" / "evaluate.json").read_text())
+    for config in (inference, evaluate):
+        assert (config["image_size"], config["roi_size"]) == (None, [64, 64])
 
     state = torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())  # weights only
