@@ -329,10 +329,7 @@ def _make_plan(
     def epoch_seconds(step: float, step_images: int, size: Sequence[int]) -> float:
         steps = epoch_length or math.ceil(len(train) / (batch * world))
         per_forward = step / 3.0 / step_images  # a forward is about a third of a training step
-        if whole_image:
-            val_forwards = len(val)
-        else:
-            val_forwards = sum(_windows(median_hw, size) for _ in val)
+        val_forwards = len(val) * (1 if whole_image else _windows(median_hw, size))
         return steps * step + val_forwards * per_forward / world / max(1, val_interval)
 
     timing: Dict[str, Any] = {"device": str(device), "processes": world}
