@@ -83,6 +83,8 @@ def _is_auto(value: Any) -> bool:
 
 
 def _size_setting(name: str, value: Any, allow_none: bool) -> Optional[List[int]]:
+    if isinstance(value, str) and value.strip().lower() in ("null", "none"):
+        value = None  # the command line gives the word, not YAML's null
     if value is None and allow_none:
         return None
     if isinstance(value, int) and value > 0:

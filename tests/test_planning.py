@@ -85,6 +85,8 @@ def test_given_settings_win_and_are_recorded(tmp_path):
     assert json.loads((tmp_path / "run" / "plan.json").read_text())["given"]["batch_size"] == 3
     patches = _plan(pairs, tmp_path / "p", image_size=None, roi_size=64)
     assert patches.image_size is None and patches.roi_size == [64, 64]
+    typed = _plan(pairs, tmp_path / "t", image_size="null", roi_size=64)  # `--image_size null` arrives as a word
+    assert typed.image_size is None and typed.given["image_size"] is None
 
 
 def test_resume_reads_the_plan_back(tmp_path):
