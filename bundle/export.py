@@ -51,7 +51,8 @@ import yaml
 
 from bundle.checkpoints import load_model_weights, read_checkpoint
 from bundle.errors import BundleInputError
-from bundle.planning import PLANNED, read_plan
+from bundle.planning import INTENSITIES, PLANNED, read_plan
+from bundle.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["export_bundle", "zoo_config", "main"]
 
@@ -242,6 +243,7 @@ def _network_summary(configs: Dict[str, Dict[str, Any]], network: torch.nn.Modul
         # what the network sees at once: the whole-image size, or the sliding window
         "inference_size": list(image_size) if isinstance(image_size, list) else list(roi) if isinstance(roi, list) else [64, 64],
         "deep_supervision": bool(net_config.get("deep_supervision", False)),
+        "intensity": train.get("intensity") if train.get("intensity") in INTENSITIES else "minmax",
         "settings": {k: train.get(k) for k in ("max_epochs", "batch_size", "crops_per_image", "learning_rate", "val_interval", "max_grad_norm")},
     }
 
@@ -274,6 +276,16 @@ def build_metadata(
     data_format["inputs"]["image"]["num_channels"] = net["in_channels"]
     if net["in_channels"] != 3:
         data_format["inputs"]["image"]["channel_def"] = {str(c): f"channel {c}" for c in range(net["in_channels"])}
+    image_format = data_format["inputs"]["image"]
+    if net["intensity"] == "imagenet":
+        image_format["value_range"] = [round((0 - max(IMAGENET_MEAN)) / min(IMAGENET_STD), 3), round((1 - min(IMAGENET_MEAN)) / min(IMAGENET_STD), 3)]
+        image_format["intensity"] = (
+            f"imagenet: pixels scaled to 0..1 by their type's range, then per channel (x - mean) / std with ImageNet "
+            f"mean {list(IMAGENET_MEAN)} and std {list(IMAGENET_STD)} (bundle.transforms.NormalizeImaged)"
+        )
+    else:
+        image_format["value_range"] = [0, 1]
+        image_format["intensity"] = "minmax: each image scaled to 0..1 by its own minimum and maximum (bundle.transforms.NormalizeImaged)"
     data_format["outputs"]["pred"]["num_channels"] = net["out_channels"]
     data_format["outputs"]["pred"]["channel_def"] = (
         {"0": "foreground logit (sigmoid > 0.5: foreground)"}

@@ -53,7 +53,9 @@ PATCH_SIDE = 128  # native-resolution patch side (2 x 2 tokens at the coarse bra
 WHOLE_IMAGE_BATCH = 8
 PATCH_BATCH, PATCH_CROPS = 4, 4
 DEMO = dict(image_size=None, roi_size=[64, 64], batch_size=4, crops_per_image=4, max_epochs=30)
-PLANNED = ("image_size", "roi_size", "batch_size", "crops_per_image", "max_epochs")
+PLANNED = ("image_size", "roi_size", "batch_size", "crops_per_image", "max_epochs", "intensity")
+# image intensities: each image scaled to 0..1 by its own min/max, or ImageNet mean/std (pretrained encoders)
+INTENSITIES = ("minmax", "imagenet")
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +69,7 @@ class TrainingPlan:
     batch_size: int
     crops_per_image: int
     max_epochs: int
+    intensity: str = "minmax"
     given: Dict[str, Any] = field(default_factory=dict)
     fingerprint: Dict[str, Any] = field(default_factory=dict)
     timing: Dict[str, Any] = field(default_factory=dict)
@@ -244,18 +247,25 @@ def plan_training(
     epoch_length: Optional[int] = None,
     demo: bool = False,
     resume: bool = False,
+    intensity: str = AUTO,
+    pretrained: bool = False,
 ) -> TrainingPlan:
     """Resolve the ``auto`` settings of a training run from its data and device (see the module
-    docstring), write ``output_dir/plan.json`` and log the plan. Given settings are kept as given."""
+    docstring), write ``output_dir/plan.json`` and log the plan. Given settings are kept as given.
+    ``intensity`` auto is ImageNet mean/std when ``pretrained`` (ImageNet encoder weights), else min/max."""
     requested = dict(
         image_size=image_size, roi_size=roi_size, batch_size=batch_size, crops_per_image=crops_per_image,
-        max_epochs=max_epochs,
+        max_epochs=max_epochs, intensity=intensity,
     )  # fmt: skip
     given: Dict[str, Any] = {}
     for key, value in requested.items():
         if _is_auto(value):
             continue
-        if key in ("image_size", "roi_size"):
+        if key == "intensity":
+            if value not in INTENSITIES:
+                raise BundleInputError(f"--intensity {value!r}: give auto, {' or '.join(INTENSITIES)}.")
+            given[key] = value
+        elif key in ("image_size", "roi_size"):
             given[key] = _size_setting(key, value, allow_none=key == "image_size")
         else:
             given[key] = _count_setting(key, value)
@@ -267,7 +277,7 @@ def plan_training(
     if main:
         if resume and path.is_file():
             saved = read_plan(output_dir)
-            plan = TrainingPlan(**{k: saved.get(k) for k in PLANNED}, fingerprint=saved.get("fingerprint", {}),
+            plan = TrainingPlan(**{k: saved[k] for k in PLANNED if k in saved}, fingerprint=saved.get("fingerprint", {}),
                                 timing=saved.get("timing", {}), reasons=saved.get("reasons", []))  # fmt: skip
             plan.reasons = ["resumed: the run's own plan"] + plan.reasons
         elif demo:
@@ -277,6 +287,10 @@ def plan_training(
                 datalists, network, loss, torch.device(device), in_channels, out_channels, given,
                 time_budget_minutes, val_interval, epoch_length,
             )  # fmt: skip
+        if "intensity" not in given and not (resume and path.is_file()):
+            plan.intensity = "imagenet" if pretrained else "minmax"
+            if pretrained:
+                plan.reasons.append("ImageNet encoder weights given: images normalised with ImageNet mean and std")
         for key, value in given.items():
             setattr(plan, key, value)
         plan.given = given
@@ -336,6 +350,12 @@ def _make_plan(
 
     timing: Dict[str, Any] = {"device": str(device), "processes": world}
     budget = budget_minutes * 60.0 * 0.95  # loading and checkpoints take the rest
+    if "max_epochs" in given and (not whole_image or "image_size" in given):
+        # nothing left for a timing to decide (a step of a large preset on a CPU takes minutes to time)
+        size = given.get("image_size") if whole_image else None
+        reasons.append("scale and max_epochs given: no timing")
+        return TrainingPlan(image_size=size, roi_size=list(roi), batch_size=batch, crops_per_image=crops,
+                            max_epochs=given["max_epochs"], fingerprint=fp, timing=timing, reasons=reasons)  # fmt: skip
     if whole_image:
         # smallest first: each larger size is timed only while the budget still leaves MIN_EPOCHS epochs
         sizes = [given["image_size"]] if "image_size" in given else [[s, s] for s in sorted(fits)]
@@ -387,7 +407,8 @@ def _log_plan(plan: TrainingPlan, path: Path) -> None:
         f"native-resolution patches of {plan.roi_size[0]}x{plan.roi_size[1]}"
     )
     logger.info(
-        "Plan: %s, batch %d x %d, %d epochs (%s). Given: %s. Written to %s.",
-        scale, plan.batch_size, plan.crops_per_image, plan.max_epochs, "; ".join(plan.reasons),
+        "Plan: %s, batch %d x %d, %d epochs, %s intensities (%s). Given: %s. Written to %s.",
+        scale, plan.batch_size, plan.crops_per_image, plan.max_epochs,
+        "ImageNet mean/std" if plan.intensity == "imagenet" else "min/max-scaled", "; ".join(plan.reasons),
         ", ".join(f"{k}={v}" for k, v in plan.given.items()) or "nothing", path,
     )  # fmt: skip

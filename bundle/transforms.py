@@ -3,6 +3,8 @@
 - :class:`LoadImage2Dd`: loads any supported 2D file (see :mod:`bundle.image_files`) as a
   (C, H, W) ``MetaTensor`` in the picture's own orientation (MONAI's ``PILReader`` would transpose it),
   naming the file when it cannot.
+- :class:`NormalizeImaged`: image intensities as the network was trained on them: each image scaled
+  to 0..1 by its own min/max, or ImageNet mean/std (encoders started from ImageNet weights).
 - :class:`PrepareMaskd`: turns a loaded mask into the label the loss needs: binary 0/1 from any
   0/1 or 0/255 encoding (JPEG noise thresholded away), or a checked multi-class label map.
 - :class:`LargestComponentd`: the largest connected component of each predicted class, beside the
@@ -25,7 +27,7 @@ from monai.transforms import KeepLargestConnectedComponent, MapTransform
 from bundle.errors import BundleInputError
 from bundle.image_files import read_array, split_name, write_png
 
-__all__ = ["LoadImage2Dd", "PrepareMaskd", "LargestComponentd", "SavePredictionPNGd", "binarize_mask"]
+__all__ = ["LoadImage2Dd", "NormalizeImaged", "IMAGENET_MEAN", "IMAGENET_STD", "PrepareMaskd", "LargestComponentd", "SavePredictionPNGd", "binarize_mask"]
 
 
 def _filename(value: Any) -> str:
@@ -34,12 +36,23 @@ def _filename(value: Any) -> str:
     return "<unnamed>"
 
 
+def _value_range(array: np.ndarray) -> Optional[float]:
+    """The largest value of the file's pixel type: 255 (8-bit), 65535 (16-bit, also when PIL reads it as
+    32-bit mode "I"); None for floating-point or wider data."""
+    if not np.issubdtype(array.dtype, np.integer):
+        return None
+    if array.dtype.itemsize <= 2:
+        return float(np.iinfo(array.dtype).max)
+    return 65535.0 if array.size and array.max() <= 65535 and array.min() >= 0 else None
+
+
 class LoadImage2Dd(MapTransform):
     """Load 2D image (or mask) files named under ``keys`` as float32 (C, H, W) ``MetaTensor``s.
 
     Row 0 is the top of the picture, as in PIL and numpy, for images and masks alike, so outputs
     written back as PNGs line up with the input. ``meta["filename_or_obj"]`` keeps the path (for
-    MetricsSaver and output names).
+    MetricsSaver and output names); ``meta["value_range"]`` the largest value the file's integer type
+    holds (255 for 8-bit, 65535 for 16-bit; ``None`` for floating-point files).
 
     Args:
         keys: keys holding file paths.
@@ -55,9 +68,52 @@ class LoadImage2Dd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             path = str(d[key])
-            array = read_array(path, as_mask=self.as_mask).astype(np.float32)
-            meta = {"filename_or_obj": path, "spatial_shape": np.asarray(array.shape[1:]), "original_channel_dim": 0}
+            raw = read_array(path, as_mask=self.as_mask)
+            value_range = _value_range(raw)
+            array = raw.astype(np.float32)
+            meta = {"filename_or_obj": path, "spatial_shape": np.asarray(array.shape[1:]), "original_channel_dim": 0,
+                    "value_range": value_range}  # fmt: skip
             d[key] = MetaTensor(torch.from_numpy(array), affine=torch.eye(3, dtype=torch.float64), meta=meta)
+        return d
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class NormalizeImaged(MapTransform):
+    """Image intensities for the network, one setting shared by training, evaluation and inference.
+
+    Args:
+        keys: image keys (``(C, H, W)``, from :class:`LoadImage2Dd`).
+        intensity: ``"minmax"``: each image scaled to 0..1 by its own minimum and maximum (from scratch);
+            ``"imagenet"``: scaled to 0..1 by its type's range (``meta["value_range"]``, 255 for 8-bit;
+            floating-point files by their min/max), then ImageNet mean and std per RGB channel (their
+            averages for a single channel), as ImageNet-pretrained encoders expect.
+    """
+
+    def __init__(self, keys: KeysCollection, intensity: str = "minmax", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if intensity not in ("minmax", "imagenet"):
+            raise BundleInputError(f"--intensity {intensity!r}: give minmax or imagenet.")
+        self.intensity = intensity
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = d[key]
+            value_range = image.meta.get("value_range") if isinstance(image, MetaTensor) else None
+            if self.intensity == "imagenet" and value_range:
+                image = image / value_range
+            else:
+                low, high = image.min(), image.max()
+                image = (image - low) / (high - low) if high > low else image - low
+            if self.intensity == "imagenet":
+                c = image.shape[0]
+                mean = torch.tensor(IMAGENET_MEAN if c == 3 else [sum(IMAGENET_MEAN) / 3] * c, dtype=image.dtype)
+                std = torch.tensor(IMAGENET_STD if c == 3 else [sum(IMAGENET_STD) / 3] * c, dtype=image.dtype)
+                image = (image - mean.view(-1, 1, 1)) / std.view(-1, 1, 1)
+            d[key] = image
         return d
 
 

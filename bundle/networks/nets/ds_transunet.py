@@ -22,6 +22,7 @@ from monai.networks.layers import Pool
 from bundle.networks.blocks.swin import SwinBranch, SwinStage
 from bundle.networks.blocks.tif import TIF
 from bundle.networks.memory import release_heap_in_backward
+from bundle.networks.swin_weights import load_swin_weights
 
 __all__ = ["DSTransUNet", "PRESETS", "convert_authors_state_dict"]
 
@@ -199,6 +200,12 @@ class DSTransUNet(nn.Module):
         use_checkpoint: activation checkpointing of every Swin block, TIF, skip block and decoder stage,
             as MONAI's ``SwinUNETR(use_checkpoint=True)``; on the CPU with glibc it also hands freed
             heap memory back to the OS during backward (see ``bundle.networks.memory``).
+        fine_weights: an ImageNet Swin (V1) classification checkpoint for the fine branch, in the
+            Microsoft, timm, torchvision or Hugging Face layout (the paper: Swin-B,
+            ``swin_base_patch4_window12_384_22k.pth``, into ``preset="base"``); see
+            :func:`bundle.networks.load_swin_weights` for what is adapted. The load report is logged.
+        coarse_weights: the same for the coarse branch (the paper: Swin-T, ``swin_tiny_patch4_window7_224.pth``;
+            its patch-4 kernel is resampled to ``coarse_patch_size``).
     """
 
     def __init__(
@@ -234,6 +241,8 @@ class DSTransUNet(nn.Module):
         deep_supervision: bool = False,
         aux_relu: bool = False,
         use_checkpoint: bool = False,
+        fine_weights: Optional[Union[str, os.PathLike]] = None,
+        coarse_weights: Optional[Union[str, os.PathLike]] = None,
     ) -> None:
         super().__init__()
         if preset not in PRESETS:
@@ -330,6 +339,13 @@ class DSTransUNet(nn.Module):
             if deep_supervision
             else []
         )
+        # ImageNet Swin weights last: they replace the Swin initialisation of the branches
+        if fine_weights:
+            load_swin_weights(self.fine_branch, fine_weights, target_name="DSTransUNet fine branch")
+        if coarse_weights:
+            if self.coarse_branch is None:
+                raise ValueError("coarse_weights given, but dual_scale=False: this DSTransUNet has no coarse branch.")
+            load_swin_weights(self.coarse_branch, coarse_weights, target_name="DSTransUNet coarse branch")
 
     # -- forward -----------------------------------------------------------------------------
     def _run(self, module: Callable[..., Any], *args: torch.Tensor, cheap: bool = False) -> Any:
