@@ -41,7 +41,8 @@ def exported(tmp_path_factory):
     """One epoch of demo training, its evaluation, and the export (with ONNX) of that run."""
     run = tmp_path_factory.mktemp("trained_run")
     settings = [*SMALL, "--max_epochs", "1"]  # training's settings, given again to the export
-    run_bundle(["training", "--config_file", "configs/train.yaml", "--bundle_root", run, *settings])
+    # ImageNet intensities, as a run from ImageNet weights gets them: the export must carry them to inference
+    run_bundle(["training", "--config_file", "configs/train.yaml", "--bundle_root", run, *settings, "--intensity", "imagenet"])
     run_bundle(["--config_file", "configs/evaluate.yaml", "--bundle_root", run])
     out = tmp_path_factory.mktemp("dist")
     onnx = ["--onnx"] if all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime")) else []
@@ -73,6 +74,7 @@ def test_the_bundle_has_the_zoo_layout(exported):
     evaluate = json.loads((bundle / "configs" / "evaluate.json").read_text())
     for config in (inference, evaluate):
         assert (config["image_size"], config["roi_size"]) == (None, [64, 64])
+        assert config["intensity"] == "imagenet"  # the run's normalisation, from its plan
 
     state = torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())  # weights only
@@ -107,6 +109,7 @@ def test_metadata_is_valid_with_installable_pins(exported, tmp_path):
         assert "+" not in version  # pip cannot install local versions such as 2.13.0+cpu from PyPI
     data_format = meta["network_data_format"]
     assert data_format["inputs"]["image"]["num_channels"] == 3 and data_format["outputs"]["pred"]["num_channels"] == 1
+    assert data_format["inputs"]["image"]["intensity"].startswith("imagenet: ")
     assert meta["eval_metrics"]["best_val_mean_dice"] >= 0.0
     local_schema = local_metadata_schema(tmp_path)
     result = monai_bundle_without_repo(
