@@ -29,6 +29,8 @@ __all__ = [
     "split_pairs",
     "check_pairs",
     "prepare_training_datalist",
+    "write_training_split",
+    "write_json_atomically",
     "prepare_evaluation_datalist",
     "prepare_inference_datalist",
 ]
@@ -261,7 +263,8 @@ def _hw(info: ImageInfo) -> str:
     return f"{info.height}x{info.width}"
 
 
-def _write_json_atomically(path: Path, content: Any) -> None:
+def write_json_atomically(path: Path, content: Any) -> None:
+    """Write JSON to a temporary file beside ``path`` and rename it: a kill never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(content, indent=1))
@@ -282,8 +285,9 @@ def prepare_training_datalist(
     demo_dir: Optional[PathLike] = None,
     demo_count: int = 40,
 ) -> Dict[str, List[Pair]]:
-    """The training/validation/test lists for a training run, checked, and written to
-    ``output_dir/datalist.json`` (the split this run uses, for evaluation and for resuming).
+    """The training/validation/test lists for a training run, checked. Nothing is written here: the
+    split goes to ``output_dir/datalist.json`` (for evaluation and resuming) when training starts
+    (:func:`write_training_split`), so a run that fails its checks leaves the previous run's split.
 
     Sources, first that applies: on ``resume``, the run's own ``datalist.json``; ``datalist``
     (a MONAI datalist; split seeded when it has no ``validation`` list); ``dataset_dir`` (pairs
@@ -295,6 +299,7 @@ def prepare_training_datalist(
     if dataset_dir and datalist:
         raise BundleInputError("give either --dataset_dir or --datalist, not both.")
     if resume and split_file.is_file():
+        _check_resumed_source(split_file, dataset_dir, datalist)
         _info("Resuming: using this run's split %s.", split_file)
         lists = read_datalist(split_file)
         if not (dataset_dir or datalist) and demo_dir is not None:
@@ -334,13 +339,49 @@ def prepare_training_datalist(
     if not lists.get("validation"):
         raise BundleInputError("the validation list is empty: give a datalist with 'validation' entries or more data.")
     check_pairs([p for s in SPLITS for p in lists.get(s, [])], in_channels)
-    if not (resume and split_file.is_file()):
-        absolute = {s: [{k: str(Path(v).resolve()) for k, v in p.items()} for p in lists.get(s, [])] for s in SPLITS}
-        _write_json_atomically(
-            split_file, {"description": "the split this training run uses (written by bundle.data)", **absolute}
-        )
-        _info("Wrote the split to %s.", split_file)
     return {s: list(lists.get(s, [])) for s in SPLITS}
+
+
+def _data_source(dataset_dir: Optional[PathLike], datalist: Optional[PathLike]) -> Dict[str, Optional[str]]:
+    resolved = lambda p: str(Path(p).expanduser().resolve()) if p else None  # noqa: E731
+    return {"dataset_dir": resolved(dataset_dir), "datalist": resolved(datalist)}
+
+
+def _check_resumed_source(split_file: Path, dataset_dir: Optional[PathLike], datalist: Optional[PathLike]) -> None:
+    """A resumed run trains on its own split: given data that differ from the run's are an error."""
+    if not (dataset_dir or datalist):
+        return
+    try:
+        recorded = json.loads(split_file.read_text()).get("source")
+    except (OSError, ValueError) as e:
+        raise BundleInputError(f"cannot read the run's split {split_file}: {e}") from e
+    if not recorded:
+        return  # written before the source was recorded
+    given = _data_source(dataset_dir, datalist)
+    if given != recorded:
+        was = ", ".join(f"--{k} {v}" for k, v in recorded.items() if v) or "demo data"
+        now = ", ".join(f"--{k} {v}" for k, v in given.items() if v)
+        raise BundleInputError(
+            f"--resume true: the run being resumed ({split_file}) was trained on {was}, but this command gives {now}; "
+            "resume with the run's own data (or leave the data out), or start a new run in another --bundle_root."
+        )
+
+
+def write_training_split(
+    output_dir: PathLike,
+    lists: Mapping[str, Sequence[Pair]],
+    dataset_dir: Optional[PathLike] = None,
+    datalist: Optional[PathLike] = None,
+) -> Path:
+    """Write the split a training run uses to ``output_dir/datalist.json`` (absolute paths, and where the
+    data came from, which a resumed run checks). Called when training starts, after every check."""
+    split_file = Path(output_dir) / SPLIT_FILE
+    absolute = {s: [{k: str(Path(v).resolve()) for k, v in p.items()} for p in lists.get(s, [])] for s in SPLITS}
+    content = {"description": "the split this training run uses (written by bundle.data)",
+               "source": _data_source(dataset_dir, datalist), **absolute}  # fmt: skip
+    write_json_atomically(split_file, content)
+    _info("Wrote the split to %s.", split_file)
+    return split_file
 
 
 def prepare_evaluation_datalist(

@@ -6,6 +6,7 @@
 - :class:`TerminateOnNanHandler`: ignite's ``TerminateOnNan``.
 - :class:`ProgressBarHandler`: ignite's tqdm ``ProgressBar``.
 - :class:`GradientClipHandler`: clips the gradient norm between backward and the optimizer step.
+- :class:`RunRecordWriter`: writes the run's split and plan when training starts, after every check.
 - :class:`LargestComponentDecision`: after evaluating the validation split, records in the training
   plan whether keeping the largest connected component raises mean Dice.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import torch
 from ignite.engine import Engine, Events
@@ -28,6 +29,7 @@ __all__ = [
     "ProgressBarHandler",
     "GradientClipHandler",
     "LargestComponentDecision",
+    "RunRecordWriter",
 ]
 
 logger = logging.getLogger(__name__)
@@ -146,3 +148,44 @@ class LargestComponentDecision:
                 "Validation Dice %.4f as predicted, %.4f keeping the largest connected component: inference %s it "
                 "(recorded in %s).", plain, largest, "keeps" if keep else "does not keep", self.path,
             )  # fmt: skip
+
+
+class RunRecordWriter:
+    """Write the run's split (``datalist.json``) and plan (``plan.json``) into ``output_dir`` when
+    training starts: the data are loaded and cached, the network, optimizer and (on resume) checkpoint
+    are in place, so a run that fails before leaves the previous run's files as they were. A resumed
+    run keeps its own files (its plan holds later choices such as ``keep_largest``).
+
+    Args:
+        output_dir: the training run's output folder.
+        datalists: the checked training / validation / test lists.
+        plan: the run's :class:`bundle.planning.TrainingPlan`.
+        dataset_dir: the data folder given (recorded in the split for resume's check), or None.
+        datalist: the datalist given, or None.
+        resume: whether this run resumes one.
+    """
+
+    def __init__(
+        self,
+        output_dir: Union[str, Path],
+        datalists: Mapping[str, Sequence[Mapping[str, str]]],
+        plan: Any,
+        dataset_dir: Optional[Union[str, Path]] = None,
+        datalist: Optional[Union[str, Path]] = None,
+        resume: bool = False,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.datalists, self.plan = datalists, plan
+        self.dataset_dir, self.datalist, self.resume = dataset_dir, datalist, resume
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        from bundle.data import SPLIT_FILE, write_training_split
+        from bundle.planning import PLAN_FILE, write_plan
+
+        if not (self.resume and (self.output_dir / SPLIT_FILE).is_file()):
+            write_training_split(self.output_dir, self.datalists, self.dataset_dir, self.datalist)
+        if not (self.resume and (self.output_dir / PLAN_FILE).is_file()):
+            write_plan(self.output_dir, self.plan)

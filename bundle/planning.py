@@ -71,6 +71,8 @@ class TrainingPlan:
     max_epochs: int
     intensity: str = "minmax"
     given: Dict[str, Any] = field(default_factory=dict)
+    settings: Dict[str, Any] = field(default_factory=dict)  # what a resumed run must match (preset, channels, network)
+    time_budget_minutes: Optional[float] = None
     fingerprint: Dict[str, Any] = field(default_factory=dict)
     timing: Dict[str, Any] = field(default_factory=dict)
     reasons: List[str] = field(default_factory=list)
@@ -106,7 +108,7 @@ def _count_setting(name: str, value: Any) -> int:
 
 def _mask_foreground(path: str, out_channels: int) -> np.ndarray:
     mask = read_array(path, as_mask=True)[0]
-    return binarize_mask(mask) if out_channels == 1 else mask > 0
+    return binarize_mask(mask, path) if out_channels == 1 else mask > 0
 
 
 def _resize_dice(mask: np.ndarray, size: Sequence[int]) -> float:
@@ -143,6 +145,12 @@ def fingerprint(
         widths_px.append(float(4.0 * ndimage.distance_transform_edt(fg)[fg].mean()))
         for s in sizes:
             ceilings[s].append(_resize_dice(fg, (s, s)))
+    if sample and not any(f > 0 for f in fractions):
+        every = "every mask" if len(sample) == len(pairs) else f"all {len(sample)} masks sampled from {len(pairs)}"
+        raise BundleInputError(
+            f"{every} of the training set is empty (no foreground pixel), e.g. {sample[0]['label']}: "
+            "nothing to learn; check --mask_pattern and the masks' encoding (foreground must be the larger value)."
+        )
     return {
         "training_images": len(pairs),
         "height": {"min": min(heights), "median": int(statistics.median(heights)), "max": max(heights)},
@@ -203,12 +211,12 @@ def read_plan(output_dir: Union[str, os.PathLike]) -> Dict[str, Any]:
 def update_plan(output_dir: Union[str, os.PathLike], **choices: Any) -> bool:
     """Record later ``choices`` (e.g. evaluation's ``keep_largest``) in the run's ``plan.json``; False
     (nothing written) where the run has no plan."""
-    from bundle.data import _write_json_atomically
+    from bundle.data import write_json_atomically
 
     plan = read_plan(output_dir)
     if not plan:
         return False
-    _write_json_atomically(Path(output_dir) / PLAN_FILE, {**plan, **choices})
+    write_json_atomically(Path(output_dir) / PLAN_FILE, {**plan, **choices})
     return True
 
 
@@ -249,10 +257,13 @@ def plan_training(
     resume: bool = False,
     intensity: str = AUTO,
     pretrained: bool = False,
+    settings: Optional[Mapping[str, Any]] = None,
 ) -> TrainingPlan:
     """Resolve the ``auto`` settings of a training run from its data and device (see the module
     docstring), write ``output_dir/plan.json`` and log the plan. Given settings are kept as given.
-    ``intensity`` auto is ImageNet mean/std when ``pretrained`` (ImageNet encoder weights), else min/max."""
+    ``intensity`` auto is ImageNet mean/std when ``pretrained`` (ImageNet encoder weights), else min/max.
+    ``settings`` (preset, channels, network) are recorded; a resumed run must give the same, and the
+    same scale. The plan is written by :func:`write_plan` when training starts, not here."""
     requested = dict(
         image_size=image_size, roi_size=roi_size, batch_size=batch_size, crops_per_image=crops_per_image,
         max_epochs=max_epochs, intensity=intensity,
@@ -277,6 +288,7 @@ def plan_training(
     if main:
         if resume and path.is_file():
             saved = read_plan(output_dir)
+            _check_resumed_settings(path, saved, given, dict(settings or {}))
             plan = TrainingPlan(**{k: saved[k] for k in PLANNED if k in saved}, fingerprint=saved.get("fingerprint", {}),
                                 timing=saved.get("timing", {}), reasons=saved.get("reasons", []))  # fmt: skip
             plan.reasons = ["resumed: the run's own plan"] + plan.reasons
@@ -294,11 +306,36 @@ def plan_training(
         for key, value in given.items():
             setattr(plan, key, value)
         plan.given = given
+        plan.settings = dict(settings or {})
+        plan.time_budget_minutes = time_budget_minutes
     plan = _broadcast(plan)
     if main:
-        _write_plan(path, plan, time_budget_minutes)
         _log_plan(plan, path)
     return plan
+
+
+def _check_resumed_settings(path: Path, saved: Mapping[str, Any], given: Mapping[str, Any], settings: Mapping[str, Any]) -> None:
+    """Refuse, in one line, a resume whose network or scale differ from the run it resumes."""
+    differ = [f"{k} {saved['settings'][k]!r} (now {v!r})" for k, v in settings.items()
+              if k in saved.get("settings", {}) and saved["settings"][k] != v]  # fmt: skip
+    differ += [f"{k} {saved[k]!r} (now {given[k]!r})" for k in ("image_size", "roi_size", "intensity")
+               if k in given and k in saved and saved[k] != given[k]]  # fmt: skip
+    if differ:
+        raise BundleInputError(
+            f"--resume true: the run being resumed ({path}) was trained with {', '.join(differ)}; resume with its "
+            "settings, or start a new run in another --bundle_root."
+        )
+
+
+def write_plan(output_dir: Union[str, os.PathLike], plan: TrainingPlan) -> Path:
+    """Write ``plan`` to ``output_dir/plan.json`` (when training starts, after every check)."""
+    from bundle.data import write_json_atomically
+
+    path = Path(output_dir) / PLAN_FILE
+    content = {"description": "the plan this training run uses (written by bundle.planning)", **asdict(plan),
+               "inference_size": plan.inference_size}  # fmt: skip
+    write_json_atomically(path, content)
+    return path
 
 
 def _make_plan(
@@ -385,14 +422,6 @@ def _make_plan(
                         max_epochs=max_epochs, fingerprint=fp, timing=timing, reasons=reasons)  # fmt: skip
 
 
-def _write_plan(path: Path, plan: TrainingPlan, budget_minutes: float) -> None:
-    from bundle.data import _write_json_atomically
-
-    content = {"description": "the plan this training run uses (written by bundle.planning)", **asdict(plan),
-               "inference_size": plan.inference_size, "time_budget_minutes": budget_minutes}  # fmt: skip
-    _write_json_atomically(path, content)
-
-
 def _log_plan(plan: TrainingPlan, path: Path) -> None:
     fp = plan.fingerprint
     if fp:
@@ -407,7 +436,7 @@ def _log_plan(plan: TrainingPlan, path: Path) -> None:
         f"native-resolution patches of {plan.roi_size[0]}x{plan.roi_size[1]}"
     )
     logger.info(
-        "Plan: %s, batch %d x %d, %d epochs, %s intensities (%s). Given: %s. Written to %s.",
+        "Plan: %s, batch %d x %d, %d epochs, %s intensities (%s). Given: %s. Written to %s when training starts.",
         scale, plan.batch_size, plan.crops_per_image, plan.max_epochs,
         "ImageNet mean/std" if plan.intensity == "imagenet" else "min/max-scaled", "; ".join(plan.reasons),
         ", ".join(f"{k}={v}" for k, v in plan.given.items()) or "nothing", path,

@@ -77,6 +77,8 @@ class LoadImage2Dd(MapTransform):
         return d
 
 
+# a mask with up to this many distinct whole values and many pixels between its extremes is a label map
+LABEL_MAP_MAX_VALUES = 32
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -117,13 +119,26 @@ class NormalizeImaged(MapTransform):
         return d
 
 
-def binarize_mask(mask: np.ndarray) -> np.ndarray:
+def binarize_mask(mask: np.ndarray, name: Optional[str] = None) -> np.ndarray:
     """Foreground of a binary mask, whatever its encoding: 0/1, 0/255, 0/65535, or lossy JPEG.
 
     Two distinct values: the larger is foreground. Otherwise (JPEG noise, soft edges) threshold
     at half the range: 0.5 for masks up to 1, 127.5 for 8-bit, half the maximum above that.
+
+    Raises:
+        BundleInputError: the mask is a label map (a few distinct values, many pixels between the
+            extremes: classes, not a binary mask with soft edges); ``name`` names it in the message.
     """
-    values = np.unique(mask)
+    values, counts = np.unique(mask, return_counts=True)
+    if 2 < values.size <= LABEL_MAP_MAX_VALUES:
+        low, high = values[0], values[-1]
+        middle = counts[(values > low + 0.25 * (high - low)) & (values < high - 0.25 * (high - low))].sum()
+        if middle > 0.02 * mask.size and np.all(values == np.round(values)):
+            raise BundleInputError(
+                f"mask {name or '<unnamed>'} has values {_shown(values)}: a label map of {values.size} classes, but "
+                f"out_channels=1 trains a binary mask; give --out_channels {int(high) + 1} (label values 0..{int(high)}), "
+                "or masks with two values (0/1 or 0/255)."
+            )
     if values.size == 2:
         return mask > values[0]
     peak = float(values.max()) if values.size else 0.0
@@ -158,7 +173,7 @@ class PrepareMaskd(MapTransform):
             mask = d[key]
             array = mask.numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
             if self.out_channels == 1:
-                label = binarize_mask(array)
+                label = binarize_mask(array, _filename(mask))
             else:
                 values = np.unique(array)
                 bad = values[(values != np.round(values)) | (values < 0) | (values >= self.out_channels)]

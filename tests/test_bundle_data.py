@@ -20,6 +20,7 @@ from bundle.data import (
     prepare_evaluation_datalist,
     prepare_inference_datalist,
     prepare_training_datalist,
+    write_training_split,
     read_datalist,
     split_pairs,
 )
@@ -89,8 +90,11 @@ def test_datalist_paths_are_relative_to_its_folder(tmp_path):
     # no validation list: a seeded split is made and written next to the outputs
     out = prepare_training_datalist(tmp_path / "run", datalist=root / "list.json", val_fraction=0.25, test_fraction=0.0)
     assert len(out["training"]) == 3 and len(out["validation"]) == 1 and out["test"] == []
+    assert not (tmp_path / "run" / "datalist.json").exists()  # written when training starts, after every check
+    write_training_split(tmp_path / "run", out, datalist=root / "list.json")
     written = json.loads((tmp_path / "run" / "datalist.json").read_text())
     assert written["validation"] == out["validation"]
+    assert written["source"] == {"dataset_dir": None, "datalist": str((root / "list.json").resolve())}
 
 
 def test_split_is_seeded_reproducible_and_independent_of_order(tmp_path):
@@ -107,7 +111,7 @@ def test_split_is_seeded_reproducible_and_independent_of_order(tmp_path):
 def test_training_split_is_written_and_reused_on_resume(tmp_path):
     root = _write_dataset(tmp_path / "d", n=10)
     first = prepare_training_datalist(tmp_path / "run", dataset_dir=root, split_seed=1)
-    split_file = tmp_path / "run" / "datalist.json"
+    split_file = write_training_split(tmp_path / "run", first, dataset_dir=root)
     before = split_file.read_bytes()
     # a resumed run keeps its own split even if the seed given now differs
     again = prepare_training_datalist(tmp_path / "run", dataset_dir=root, split_seed=2, resume=True)

@@ -18,7 +18,7 @@ from PIL import Image
 from bundle.errors import BundleInputError
 from bundle.handlers import GradientClipHandler, LargestComponentDecision
 from bundle.inferers import SegmentationInferer
-from bundle.planning import CANDIDATE_SIZES, fingerprint, plan_training, read_plan
+from bundle.planning import CANDIDATE_SIZES, fingerprint, plan_training, read_plan, write_plan
 from bundle.transforms import LargestComponentd
 
 
@@ -53,7 +53,9 @@ def _plan(pairs, tmp_path, **settings):
     loss = DeepSupervisionLoss(DiceCELoss(sigmoid=True))
     args = dict(datalists={"training": pairs, "validation": pairs[:1]}, output_dir=tmp_path / "run", network=network,
                 loss=loss, time_budget_minutes=0.5)  # fmt: skip
-    return plan_training(**{**args, **settings})
+    plan = plan_training(**{**args, **settings})
+    write_plan(args["output_dir"], plan)  # as training does when it starts
+    return plan
 
 
 def test_fingerprint_tells_blobs_from_thin_lines(tmp_path):

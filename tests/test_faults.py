@@ -1,0 +1,135 @@
+"""Bad input and faults (issue 9): label maps under a binary model, empty masks, a failed run's files,
+resuming with other data or settings, and two runs in one folder. Each case is reproduced as a user
+meets it (the bundle's command line where it matters) and must end in one ERROR line, with nothing
+saved before lost or mixed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bundle.errors import BundleInputError
+from bundle.locks import LOCK_FILE, lock_run_folders
+from bundle.planning import fingerprint
+from bundle.transforms import LoadImage2Dd, PrepareMaskd
+from helpers import REPO, SMALL, cli_env, run_bundle
+
+
+def train_args(root: Path, *extra) -> list:
+    return ["training", "--config_file", "configs/train.yaml", "--bundle_root", root, *SMALL, *extra]
+
+
+def failing_bundle(args) -> str:
+    """Run ``python -m monai.bundle run ARGS``; it must fail with exactly one ERROR line (returned)."""
+    result = subprocess.run([sys.executable, "-m", "monai.bundle", "run", *map(str, args)], cwd=REPO, env=cli_env(),
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode != 0, result.stdout[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR:")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    return errors[0]
+
+
+def write_pairs(folder: Path, masks: list, suffix: str = ".png") -> Path:
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    for i, mask in enumerate(masks):
+        image = np.stack([mask.astype(np.uint8) * 40 + 60] * 3, -1)
+        Image.fromarray(image).save(folder / "images" / f"c{i}.png")
+        Image.fromarray(mask).save(folder / "masks" / f"c{i}{suffix}", **({"quality": 75} if suffix == ".jpg" else {}))
+    return folder
+
+
+def blob(value: int = 255, size: int = 64) -> np.ndarray:
+    mask = np.zeros((size, size), np.uint8)
+    mask[16:48, 20:44] = value
+    return mask
+
+
+# ---- 1. label maps under --out_channels 1 -------------------------------------------------------------
+
+
+def test_label_maps_under_a_binary_model_are_refused_binary_encodings_are_not(tmp_path):
+    labels = blob(1)
+    labels[30:48, 20:44] = 2
+    palette = Image.new("P", labels.shape[::-1])
+    palette.putdata(labels.flatten().tolist())
+    palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * 759)
+    (tmp_path / "maps").mkdir()
+    palette.save(tmp_path / "maps" / "palette.png")
+    Image.fromarray(labels * 2 + labels // 2 * 1).save(tmp_path / "maps" / "zero_to_five.png")  # values 0, 2, 5
+    load = LoadImage2Dd("label", as_mask=True)
+    for name in ("palette.png", "zero_to_five.png"):
+        with pytest.raises(BundleInputError, match=rf"mask .*{name} has values \[0, .*label map .*--out_channels \d"):
+            PrepareMaskd("label", out_channels=1)(load({"label": str(tmp_path / "maps" / name)}))
+    binary = write_pairs(tmp_path / "binary", [blob(1), blob(255), blob(255)], ".png")
+    Image.fromarray(blob(255)).save(binary / "masks" / "lossy.jpg", quality=60)
+    for path in sorted((binary / "masks").iterdir()):
+        label = PrepareMaskd("label", out_channels=1)(load({"label": str(path)}))["label"]
+        assert set(np.unique(label.numpy())) == {0, 1}, path.name
+
+
+def test_a_training_set_of_empty_masks_is_refused(tmp_path):
+    data = write_pairs(tmp_path / "empty", [np.zeros((64, 64), np.uint8)] * 3)
+    pairs = [{"image": str(p), "label": str(data / "masks" / p.name)} for p in sorted((data / "images").iterdir())]
+    with pytest.raises(BundleInputError, match=r"every mask of the training set is empty .*c\d\.png: nothing to learn"):
+        fingerprint(pairs)
+
+
+# ---- 3. a failed run leaves the last run's split and plan; resume checks what it is given -------------------
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("finished")
+    run_bundle(train_args(root, "--max_epochs", "1"))
+    return root
+
+
+def test_a_failed_run_keeps_the_previous_runs_split_and_plan(finished_run, tmp_path):
+    split, plan = finished_run / "runs" / "train" / "datalist.json", finished_run / "runs" / "train" / "plan.json"
+    before = split.read_bytes(), plan.read_bytes(), (finished_run / "models" / "model.pt").read_bytes()
+    other = write_pairs(tmp_path / "other", [blob()] * 5)
+    Image.fromarray(blob(255, 48)).save(other / "masks" / "c4.png")  # a mask of another size: fails the checks
+    failing_bundle(train_args(finished_run, "--dataset_dir", other, "--max_epochs", "1"))
+    assert (split.read_bytes(), plan.read_bytes(), (finished_run / "models" / "model.pt").read_bytes()) == before
+    assert json.loads(split.read_text())["source"] == {"dataset_dir": None, "datalist": None}  # the demo data
+
+
+def test_resume_with_other_data_or_settings_is_refused(finished_run, tmp_path):
+    other = write_pairs(tmp_path / "other", [blob()] * 6)
+    error = failing_bundle(train_args(finished_run, "--resume", "true", "--dataset_dir", other, "--max_epochs", "2"))
+    assert "--resume true" in error and "demo data" in error and str(other.resolve()) in error
+    error = failing_bundle(train_args(finished_run, "--resume", "true", "--preset", "small", "--max_epochs", "2"))
+    assert "preset 'tiny' (now 'small')" in error
+    error = failing_bundle(train_args(finished_run, "--resume", "true", "--image_size", "[128, 128]", "--max_epochs", "2"))
+    assert "image_size None (now [128, 128])" in error
+
+
+# ---- 4. one run per folder ------------------------------------------------------------------------------
+
+
+def test_a_second_run_in_a_folder_stops_at_once_naming_the_first(finished_run, tmp_path):
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        lock = finished_run / "models" / LOCK_FILE
+        lock.write_text(json.dumps({"pid": other.pid, "host": os.uname().nodename, "started": "earlier"}))
+        before = (finished_run / "models" / "model.pt").read_bytes()
+        error = failing_bundle(train_args(finished_run, "--max_epochs", "1"))
+        assert f"another training (PID {other.pid}, started earlier) is writing to {finished_run / 'models'}" in error
+        assert (finished_run / "models" / "model.pt").read_bytes() == before
+    finally:
+        other.kill()
+        other.wait()
+    # its process gone, the lock is stale: the next run takes it over, and removes it at exit
+    taken = lock_run_folders([finished_run / "models"])
+    assert taken == [lock] and json.loads(lock.read_text())["pid"] == os.getpid()
+    lock.unlink()
