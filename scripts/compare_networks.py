@@ -214,6 +214,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--work", default=os.path.join(REPO, "runs", "compare"), help="one folder per row and seed")
     parser.add_argument("--output", default=os.path.join(REPO, "docs"), help="where results.json, the table and figures go")
     parser.add_argument("--grid-images", type=int, default=4)
+    parser.add_argument("--report-only", action="store_true", help="rebuild the table and figures from the finished rows; train nothing")
     args = parser.parse_args(argv)
     if not os.path.isfile(args.datalist):
         sys.exit(f"compare_networks: no datalist at {args.datalist} (give --datalist)")
@@ -222,6 +223,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     results = []
     for key in args.rows:
         for seed in args.seeds or ROWS[key][2]:
+            if args.report_only:
+                done = os.path.join(args.work, f"{key}_seed{seed}", "result.json")
+                if os.path.isfile(done):
+                    with open(done) as f:
+                        results.append(json.load(f))
+                continue
             print(f"{ROWS[key][0]}, seed {seed}: training ({args.budget_minutes:g} min budget) and evaluating", flush=True)
             results.append(run_row(key, seed, args))
             r = results[-1]
@@ -229,6 +236,10 @@ def main(argv: Optional[List[str]] = None) -> None:
             os.makedirs(args.output, exist_ok=True)
             with open(os.path.join(args.output, "results.json"), "w") as f:  # partial results survive an interruption
                 json.dump({"budget_minutes": args.budget_minutes, "results": results}, f, indent=2)
+    if not results:
+        sys.exit(f"compare_networks: no finished rows in {args.work}")
+    with open(os.path.join(args.output, "results.json"), "w") as f:
+        json.dump({"budget_minutes": args.budget_minutes, "results": results}, f, indent=2)
     command = "python scripts/compare_networks.py " + " ".join(argv if argv is not None else sys.argv[1:])
     write_figures(results, args.output, args.grid_images)
     print(write_table(results, args.output, command.strip(), (time.perf_counter() - start) / 60))
