@@ -206,6 +206,27 @@ class ResumeCheckpointLoader:
                 f"--resume true but there is no checkpoint to resume from at {self.load_path}: run without --resume "
                 "to start a new training, or set --ckpt_dir to the folder of the run to resume."
             )
+        if self.resume:
+            self._check_checkpoint()
+
+    def _check_checkpoint(self) -> None:
+        """A truncated file, or weights of another network, are one line here, not a traceback in ignite."""
+        saved = read_checkpoint(self.load_path, "cpu", mmap=True)
+        missing = [k for k in self.load_dict if k not in saved]
+        if missing:
+            raise BundleInputError(f"--resume true: {self.load_path} is not a resumable checkpoint of this bundle (no {', '.join(missing)}).")
+        network = self.load_dict.get("model")
+        if network is None:
+            return
+        target = network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
+        own = target.state_dict()
+        for key, value in saved["model"].items():
+            if key not in own or own[key].shape != value.shape:
+                here = f"{tuple(own[key].shape)} in this network" if key in own else "not in this network"
+                raise BundleInputError(
+                    f"--resume true: {self.load_path} holds another network (e.g. {key}: {tuple(value.shape)} in the file, "
+                    f"{here}); resume with the run's preset and channels, or start a new run in another --bundle_root."
+                )
 
     def attach(self, engine: Engine) -> None:
         if not self.resume:

@@ -82,6 +82,8 @@ def lock_run_folders(folders: Sequence[Union[str, os.PathLike]], enabled: bool =
         for _ in range(2):
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except PermissionError as e:
+                raise BundleInputError(f"the output folder {folder} is not writable ({e.strerror})") from e
             except FileExistsError:
                 owner = _owner(path)
                 if owner.get("pid") == os.getpid():

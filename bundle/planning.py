@@ -237,6 +237,37 @@ def _broadcast(plan: Optional[TrainingPlan]) -> TrainingPlan:
     return box[0]
 
 
+def check_planned_settings(
+    image_size: Any = AUTO,
+    roi_size: Any = AUTO,
+    batch_size: Any = AUTO,
+    crops_per_image: Any = AUTO,
+    max_epochs: Any = AUTO,
+    time_budget_minutes: Any = 60.0,
+    intensity: Any = AUTO,
+) -> Dict[str, Any]:
+    """The settings given (not ``auto``), checked and normalised; a bad one is a one-line error."""
+    requested = dict(
+        image_size=image_size, roi_size=roi_size, batch_size=batch_size, crops_per_image=crops_per_image,
+        max_epochs=max_epochs, intensity=intensity,
+    )  # fmt: skip
+    given: Dict[str, Any] = {}
+    for key, value in requested.items():
+        if _is_auto(value):
+            continue
+        if key == "intensity":
+            if value not in INTENSITIES:
+                raise BundleInputError(f"--intensity {value!r}: give auto, {' or '.join(INTENSITIES)}.")
+            given[key] = value
+        elif key in ("image_size", "roi_size"):
+            given[key] = _size_setting(key, value, allow_none=key == "image_size")
+        else:
+            given[key] = _count_setting(key, value)
+    if not isinstance(time_budget_minutes, (int, float)) or isinstance(time_budget_minutes, bool) or time_budget_minutes <= 0:
+        raise BundleInputError(f"--time_budget_minutes {time_budget_minutes!r}: give a positive number of minutes.")
+    return given
+
+
 def plan_training(
     datalists: Mapping[str, Sequence[Mapping[str, str]]],
     output_dir: Union[str, os.PathLike],
@@ -264,24 +295,7 @@ def plan_training(
     ``intensity`` auto is ImageNet mean/std when ``pretrained`` (ImageNet encoder weights), else min/max.
     ``settings`` (preset, channels, network) are recorded; a resumed run must give the same, and the
     same scale. The plan is written by :func:`write_plan` when training starts, not here."""
-    requested = dict(
-        image_size=image_size, roi_size=roi_size, batch_size=batch_size, crops_per_image=crops_per_image,
-        max_epochs=max_epochs, intensity=intensity,
-    )  # fmt: skip
-    given: Dict[str, Any] = {}
-    for key, value in requested.items():
-        if _is_auto(value):
-            continue
-        if key == "intensity":
-            if value not in INTENSITIES:
-                raise BundleInputError(f"--intensity {value!r}: give auto, {' or '.join(INTENSITIES)}.")
-            given[key] = value
-        elif key in ("image_size", "roi_size"):
-            given[key] = _size_setting(key, value, allow_none=key == "image_size")
-        else:
-            given[key] = _count_setting(key, value)
-    if not isinstance(time_budget_minutes, (int, float)) or isinstance(time_budget_minutes, bool) or time_budget_minutes <= 0:
-        raise BundleInputError(f"--time_budget_minutes {time_budget_minutes!r}: give a positive number of minutes.")
+    given = check_planned_settings(image_size, roi_size, batch_size, crops_per_image, max_epochs, time_budget_minutes, intensity)
     path = Path(output_dir) / PLAN_FILE
     main = _world_size() == 1 or torch.distributed.get_rank() == 0
     plan: Optional[TrainingPlan] = None

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bundle.errors import BundleInputError
+from bundle.errors import BundleInputError, find_input_error
 from bundle.locks import LOCK_FILE, lock_run_folders
 from bundle.planning import fingerprint
 from bundle.transforms import LoadImage2Dd, PrepareMaskd
@@ -133,3 +133,75 @@ def test_a_second_run_in_a_folder_stops_at_once_naming_the_first(finished_run, t
     taken = lock_run_folders([finished_run / "models"])
     assert taken == [lock] and json.loads(lock.read_text())["pid"] == os.getpid()
     lock.unlink()
+
+
+# ---- 5 and 6. every setting checked before any data are read; no misspelt id --------------------------------
+
+
+BAD_SETTINGS = [
+    (["--max_epoch", "1"], "--max_epoch is not a setting of configs/train.yaml; did you mean --max_epochs?"),
+    (["--train#dataloader#num_worker", "2"],
+     "--train#dataloader#num_worker is not a setting of configs/train.yaml; did you mean --train#dataloader#num_workers?"),
+    (["--batch_size", "0"], "--batch_size 0: give auto or a whole number of at least 1."),
+    (["--learning_rate", "abc"], "--learning_rate 'abc': give a number above 0."),
+    (["--preset", "huge"], "--preset 'huge': give one of base, small, tiny."),
+    (["--max_epochs", "-1"], "--max_epochs -1: give auto or a whole number of at least 1."),
+    (["--val_interval", "0"], "--val_interval 0: give a whole number at least 1."),
+    (["--epoch_length", "0"], "--epoch_length 0: give a whole number at least 1."),
+    (["--roi_size", "[0, 0]"], "--roi_size [0, 0]: give auto, [height, width] in pixels."),
+    (["--fine_weights", "/nowhere/swin.pth"], "Swin weights file not found: /nowhere/swin.pth"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_SETTINGS)
+def test_bad_settings_are_one_line_each(args, message):
+    """The checks the configs' initialize runs, called as the CLI calls them (fire has parsed the values)."""
+    import ast
+
+    from monai.bundle import ConfigParser
+
+    from bundle.settings import check_command_line_ids, check_training_settings
+
+    argv = [str(REPO / ".venv/lib/monai/bundle/__main__.py"), "run", "training", "--config_file", "configs/train.yaml", *args]
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        parser = ConfigParser()
+        parser.read_config(REPO / "configs" / "train.yaml")
+        value = args[1]
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            pass  # fire passes words as strings
+        parser[args[0][2:]] = value
+        with pytest.raises(Exception) as error:  # MONAI wraps what a component raises; the CLI hook unwraps it
+            check_command_line_ids(argv)
+            parser.get_parsed_content("check_settings")
+    finally:
+        os.chdir(cwd)
+    assert str(find_input_error(error.value)) == message
+
+
+@pytest.mark.parametrize("args", [BAD_SETTINGS[0][0], BAD_SETTINGS[3][0]])
+def test_bad_settings_stop_the_command_before_any_data_are_read(tmp_path, args):
+    root = tmp_path / "b"
+    error = failing_bundle(["training", "--config_file", "configs/train.yaml", "--bundle_root", root, *args])
+    assert error == "ERROR: " + dict((tuple(a), m) for a, m in BAD_SETTINGS)[tuple(args)]
+    assert not (root / "runs" / "train" / "demo_data").exists()  # stopped before the (demo) data were made
+
+
+def test_a_truncated_or_foreign_checkpoint_under_resume_is_one_line(finished_run, tmp_path):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(finished_run, root)
+    checkpoint = root / "models" / "checkpoint.pt"
+    whole = checkpoint.read_bytes()
+    checkpoint.write_bytes(whole[: len(whole) // 2])
+    error = failing_bundle(train_args(root, "--resume", "true", "--max_epochs", "2"))
+    assert error.startswith(f"ERROR: cannot read the model file {checkpoint}")
+    state = torch.load(finished_run / "models" / "checkpoint.pt", weights_only=True)
+    state["model"] = {k: v[..., :1] if v.dim() else v for k, v in state["model"].items()}  # another width
+    torch.save(state, checkpoint)
+    error = failing_bundle(train_args(root, "--resume", "true", "--max_epochs", "2"))
+    assert "holds another network" in error and "resume with the run's preset" in error

@@ -1,0 +1,130 @@
+"""Settings checked before any data are loaded: one line per bad value, and no misspelt id.
+
+MONAI's bundle CLI adds an unknown ``--id value`` to the config without a word (``--max_epoch 1``
+trains the default number of epochs) and reports a bad value only where it is first used, sometimes
+after a whole epoch, as a long traceback. The configs' ``initialize`` lists call these functions
+first, so a typo or a bad value stops the run at once with one ``ERROR:`` line naming the setting.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterator, List, Optional, Sequence
+
+from bundle.errors import BundleInputError
+
+__all__ = ["check_command_line_ids", "check_training_settings", "MONAI_RUN_ARGUMENTS"]
+
+# arguments of monai.bundle's `run` itself, not config ids
+MONAI_RUN_ARGUMENTS = {"config_file", "meta_file", "logging_file", "args_file", "run_id", "init_id", "final_id", "tracking"}
+
+
+def _config_ids(node: Any, prefix: str = "") -> Iterator[str]:
+    if isinstance(node, dict):
+        items = node.items()
+    elif isinstance(node, list):
+        items = ((str(i), v) for i, v in enumerate(node))
+    else:
+        return
+    for key, value in items:
+        if str(key).startswith("_"):
+            continue
+        name = f"{prefix}#{key}" if prefix else str(key)
+        yield name
+        yield from _config_ids(value, name)
+
+
+def _is_bundle_cli(argv: Sequence[str]) -> bool:
+    first = argv[0].replace("\\", "/") if argv else ""
+    return first.endswith("monai/bundle/__main__.py") or first == "monai.bundle"
+
+
+def check_command_line_ids(argv: Optional[Sequence[str]] = None) -> bool:
+    """Refuse a ``--name`` on the bundle's command line that is no id of the given config files
+    (the message names the nearest known id). Does nothing outside ``python -m monai.bundle``."""
+    from monai.bundle import ConfigParser
+
+    argv = list(sys.argv if argv is None else argv)
+    if not _is_bundle_cli(argv) or "--config_file" not in argv:
+        return True
+    files = argv[argv.index("--config_file") + 1]
+    try:
+        config = ConfigParser.load_config_files(ast.literal_eval(files) if files.lstrip().startswith("[") else files)
+    except Exception:
+        return True  # MONAI reports unreadable config files itself
+    known = set(_config_ids(config))
+    given = [a[2:].split("=", 1)[0] for a in argv[1:] if a.startswith("--") and len(a) > 2]
+    for name in given:
+        if name in known or name in MONAI_RUN_ARGUMENTS or name.replace("::", "#") in known:
+            continue
+        near = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+        hint = f"; did you mean --{near[0]}?" if near else ""
+        raise BundleInputError(f"--{name} is not a setting of {files}{hint}")
+    return True
+
+
+def _number(name: str, value: Any, low: float, high: Optional[float] = None, low_open: bool = False, whole: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (not whole or isinstance(value, int))
+    ok = ok and (value > low if low_open else value >= low) and (high is None or value <= high)
+    if not ok:
+        kind = "a whole number" if whole else "a number"
+        bound = f"{'above' if low_open else 'at least'} {low:g}" + (f" and at most {high:g}" if high is not None else "")
+        raise BundleInputError(f"--{name} {value!r}: give {kind} {bound}.")
+
+
+def check_training_settings(
+    learning_rate: Any = 1.0e-3,
+    preset: Any = "tiny",
+    in_channels: Any = 3,
+    out_channels: Any = 1,
+    val_interval: Any = 1,
+    epoch_length: Any = None,
+    warmup_fraction: Any = 0.0,
+    max_grad_norm: Any = 0.0,
+    zoom_range: Any = (1.0, 1.0),
+    deep_supervision_weights: Any = (1.0,),
+    cache_rate: Any = 1.0,
+    num_workers: Any = 0,
+    seed: Any = 0,
+    weights: Sequence[Any] = (),
+    planned: Optional[dict] = None,
+) -> bool:
+    """Check a training run's settings; each bad one is a :class:`BundleInputError` naming it.
+
+    ``weights`` are weight files that must exist (``fine_weights``, ``coarse_weights``); ``planned``
+    the settings the plan resolves (``image_size``, ``roi_size``, ``batch_size``, ``crops_per_image``,
+    ``max_epochs``, ``time_budget_minutes``, ``intensity``), checked as the plan checks them.
+    """
+    from bundle.networks.nets.ds_transunet import PRESETS
+    from bundle.planning import check_planned_settings
+
+    _number("learning_rate", learning_rate, 0.0, low_open=True)
+    if preset not in PRESETS:
+        raise BundleInputError(f"--preset {preset!r}: give one of {', '.join(PRESETS)}.")
+    _number("in_channels", in_channels, 1, whole=True)
+    _number("out_channels", out_channels, 1, whole=True)
+    _number("val_interval", val_interval, 1, whole=True)
+    if epoch_length is not None:
+        _number("epoch_length", epoch_length, 1, whole=True)
+    _number("warmup_fraction", warmup_fraction, 0.0, 0.99)
+    _number("max_grad_norm", max_grad_norm, 0.0)
+    if not (isinstance(zoom_range, (list, tuple)) and len(zoom_range) == 2
+            and all(isinstance(z, (int, float)) and not isinstance(z, bool) and z > 0 for z in zoom_range)
+            and zoom_range[0] <= zoom_range[1]):  # fmt: skip
+        raise BundleInputError(f"--zoom_range {zoom_range!r}: give [smallest, largest] zoom factors above 0, e.g. [0.75, 1.25].")
+    if not (isinstance(deep_supervision_weights, (list, tuple)) and deep_supervision_weights
+            and all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in deep_supervision_weights)):  # fmt: skip
+        raise BundleInputError(f"--deep_supervision_weights {deep_supervision_weights!r}: give a list of weights >= 0, e.g. [0.6, 0.2, 0.2].")
+    _number("cache_rate", cache_rate, 0.0, 1.0)
+    _number("num_workers", num_workers, 0, whole=True)
+    _number("seed", seed, 0, whole=True)
+    for path in weights:
+        if path and not Path(os.fspath(path)).expanduser().is_file():
+            raise BundleInputError(f"Swin weights file not found: {path}")
+    if planned is not None:
+        check_planned_settings(**planned)
+    return True
