@@ -50,7 +50,7 @@ import torch
 import yaml
 
 from bundle.checkpoints import load_model_weights, read_checkpoint
-from bundle.errors import BundleInputError
+from bundle.errors import BundleInputError, find_input_error
 from bundle.planning import INTENSITIES, PLANNED, read_plan
 from bundle.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -617,6 +617,14 @@ def export_bundle(
     configs = merged_configs(configs_dir, config_files, dict(overrides or {}))
     apply_plan(configs, read_plan(bundle_root / "runs" / "train"), dict(overrides or {}))
     from monai.bundle import ConfigParser
+
+    if "check_settings" in configs["train"]:  # the settings shipped in train.json, checked as training checks them
+        checks = ConfigParser(copy.deepcopy(configs["train"]))
+        checks["check_settings#weights"] = []  # weight files of the training machine need not exist here
+        try:
+            checks.get_parsed_content("check_settings")
+        except Exception as e:
+            raise find_input_error(e) or e
 
     network = ConfigParser(copy.deepcopy(configs["inference"])).get_parsed_content("network_def")
     load_model_weights(network, weights)  # one clear error if the settings are not the training's

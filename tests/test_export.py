@@ -245,6 +245,7 @@ def test_bad_export_requests_are_one_clear_error_and_keep_the_earlier_export(exp
         (["--name", "My Model", *common], "--name 'My Model'"),
         (["--name", NAME, "--version", "1", *common], "--version '1'"),
         (["--name", "other", *common, "--presett", "small"], "--presett is not a setting"),
+        (["--name", "other", *common, "--max_epochs", "abc"], "--max_epochs 'abc': give auto or a whole number"),
         (["--name", "other", *common, "--preset", "small"], f"{run / 'models' / 'model.pt'} does not fit this network"),
         (["--name", "other", "--bundle_root", str(tmp_path), "--output", str(bundle.parent)],
          f"no trained model at {tmp_path / 'models' / 'model.pt'}"),

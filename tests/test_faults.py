@@ -22,6 +22,8 @@ from bundle.planning import fingerprint
 from bundle.transforms import LoadImage2Dd, PrepareMaskd
 from helpers import REPO, SMALL, cli_env, run_bundle
 
+pytestmark = pytest.mark.faults
+
 
 def train_args(root: Path, *extra) -> list:
     return ["training", "--config_file", "configs/train.yaml", "--bundle_root", root, *SMALL, *extra]
