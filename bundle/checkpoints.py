@@ -252,6 +252,24 @@ def read_checkpoint(path: Union[str, Path], map_location: Any = "cpu", mmap: boo
         raise BundleInputError(f"cannot read the model file {path}: {type(e).__name__}: {e}") from e
 
 
+def _fitting_preset(network: torch.nn.Module, state: Mapping[str, Any]) -> str:
+    """For a DSTransUNet whose weights do not fit: which preset and channels they were trained with."""
+    from bundle.networks import PRESETS, DSTransUNet
+
+    if not isinstance(network, DSTransUNet):
+        return ""
+    embed = state.get("fine_branch.patch_embed.proj.weight")
+    head = state.get("head.conv.weight")
+    if not isinstance(embed, torch.Tensor) or not isinstance(head, torch.Tensor):
+        return ""
+    depths = [1 + max(int(k.split(".")[4]) for k in state if k.startswith(f"fine_branch.stages.{i}.blocks."))
+              for i in range(4) if f"fine_branch.stages.{i}.blocks.0.norm1.weight" in state]  # fmt: skip
+    for name, preset in PRESETS.items():
+        if preset["embed_dim"] == embed.shape[0] and list(preset["depths"]) == depths:
+            return f"; the file holds preset {name!r}, in_channels {embed.shape[1]}, out_channels {head.shape[0]}"
+    return f"; the file's fine branch has width {embed.shape[0]} and depths {depths}, no preset's"
+
+
 def load_model_weights(network: torch.nn.Module, path: Union[str, Path], map_location: Any = "cpu") -> torch.nn.Module:
     """Load a state dict saved by training (``models/model.pt``) into ``network`` and return it.
 
@@ -271,8 +289,8 @@ def load_model_weights(network: torch.nn.Module, path: Union[str, Path], map_loc
     except RuntimeError as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise BundleInputError(
-            f"{path} does not fit this network ({first}): give the --preset, --in_channels and --out_channels "
-            "it was trained with."
+            f"{path} does not fit this network ({first}){_fitting_preset(target, state)}: give the --preset, "
+            "--in_channels and --out_channels it was trained with."
         ) from e
     logger.info("Loaded the network weights from %s.", path)
     return network

@@ -250,7 +250,7 @@ def check_pairs(pairs: Iterable[Pair], in_channels: Optional[int] = None) -> Dic
             f"{len(mismatched)} masks differ in size from their images (height x width): {_names(mismatched)}"
         )
     if in_channels is not None:
-        wrong = [f"{Path(p)} ({info.channels} channels)" for p, info in infos.items() if info.channels != in_channels]
+        wrong = sorted(f"{Path(p)} ({info.channels} channels)" for p, info in infos.items() if info.channels != in_channels)
         if wrong:
             raise BundleInputError(
                 f"{len(wrong)} images do not have the network's in_channels={in_channels}: {_names(wrong)}. "
@@ -428,17 +428,26 @@ def prepare_inference_datalist(inputs: Union[PathLike, Sequence[PathLike]], in_c
     if inputs is None or inputs == "" or inputs == []:
         raise BundleInputError("nothing to infer on: give --inputs with a folder, an image file, or a list of them.")
     files: List[Path] = []
-    for entry in [inputs] if isinstance(inputs, (str, Path)) else list(inputs):
+    entries = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    failed: List[str] = []
+    missing = 0
+    for entry in entries:
         path = Path(entry).expanduser()
         if path.is_dir():
-            files += sorted(p for p in path.iterdir() if p.is_file() and split_name(p) and not p.name.startswith("."))
+            found = sorted(p for p in path.iterdir() if p.is_file() and split_name(p) and not p.name.startswith("."))
+            if not found and len(entries) == 1:
+                raise BundleInputError(f"no image files in the inference folder {path} (PNG, JPEG, TIFF, BMP, GIF, NIfTI).")
+            files += found
         elif path.is_file():
             files.append(path)
-        else:
+        elif len(entries) == 1:
             raise BundleInputError(f"inference input {str(path)!r} does not exist.")
+        else:  # one missing entry of a list: skipped like an unreadable file, the rest run
+            logger.warning("Inference input %s does not exist, skipped.", path)
+            failed.append(path.name)
+            missing += 1
     items: List[Dict[str, str]] = []
     used: Dict[str, int] = {}
-    failed: List[str] = []
     for path in files:
         try:
             shape = read_array(path).shape  # decode fully: a truncated file fails here, not mid-run
@@ -455,8 +464,9 @@ def prepare_inference_datalist(inputs: Union[PathLike, Sequence[PathLike]], in_c
         name = stem if used[stem] == 1 else f"{stem}-{used[stem]}"
         items.append({"image": str(path), "name": name})
     if failed:
-        logger.warning("%d of %d inputs were skipped: %s", len(failed), len(files), _names(failed))
+        logger.warning("%d of %d inputs were skipped: %s", len(failed), len(files) + missing, _names(failed))
     if not items:
-        raise BundleInputError(f"no readable image among the {len(files)} inference inputs ({_names([str(f) for f in files])}).")
+        shown = _names([str(f) for f in files] or [str(e) for e in entries])
+        raise BundleInputError(f"no readable image among the {len(files) + missing} inference inputs ({shown}).")
     logger.info("Running inference on %d images.", len(items))
     return items

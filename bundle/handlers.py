@@ -163,6 +163,8 @@ class RunRecordWriter:
         dataset_dir: the data folder given (recorded in the split for resume's check), or None.
         datalist: the datalist given, or None.
         resume: whether this run resumes one.
+        ckpt_dir: the models folder: a new run moves an earlier run's ``model.pt`` and ``checkpoint.pt``
+            into ``ckpt_dir/previous_<time>/``, so the folder never holds files of two runs and nothing is lost.
     """
 
     def __init__(
@@ -173,7 +175,9 @@ class RunRecordWriter:
         dataset_dir: Optional[Union[str, Path]] = None,
         datalist: Optional[Union[str, Path]] = None,
         resume: bool = False,
+        ckpt_dir: Optional[Union[str, Path]] = None,
     ) -> None:
+        self.ckpt_dir = Path(ckpt_dir) if ckpt_dir else None
         self.output_dir = Path(output_dir)
         self.datalists, self.plan = datalists, plan
         self.dataset_dir, self.datalist, self.resume = dataset_dir, datalist, resume
@@ -185,7 +189,23 @@ class RunRecordWriter:
         from bundle.data import SPLIT_FILE, write_training_split
         from bundle.planning import PLAN_FILE, write_plan
 
+        if not self.resume and self.ckpt_dir is not None:
+            self._keep_previous_models()
         if not (self.resume and (self.output_dir / SPLIT_FILE).is_file()):
             write_training_split(self.output_dir, self.datalists, self.dataset_dir, self.datalist)
         if not (self.resume and (self.output_dir / PLAN_FILE).is_file()):
             write_plan(self.output_dir, self.plan)
+
+    def _keep_previous_models(self) -> None:
+        import datetime
+        import os
+
+        earlier = [self.ckpt_dir / n for n in ("model.pt", "checkpoint.pt") if (self.ckpt_dir / n).is_file()]
+        if not earlier:
+            return
+        stamp = datetime.datetime.fromtimestamp(max(p.stat().st_mtime for p in earlier)).strftime("%Y%m%d-%H%M%S")
+        keep = self.ckpt_dir / f"previous_{stamp}"
+        keep.mkdir(exist_ok=True)
+        for path in earlier:
+            os.replace(path, keep / path.name)
+        logger.info("Moved the earlier run's %s to %s (a new run starts here).", " and ".join(p.name for p in earlier), keep)

@@ -207,3 +207,41 @@ def test_a_truncated_or_foreign_checkpoint_under_resume_is_one_line(finished_run
     torch.save(state, checkpoint)
     error = failing_bundle(train_args(root, "--resume", "true", "--max_epochs", "2"))
     assert "holds another network" in error and "resume with the run's preset" in error
+
+
+# ---- 8. smaller ones ---------------------------------------------------------------------------------------
+
+
+def test_inference_inputs_missing_or_empty_are_named_and_the_rest_run(tmp_path):
+    from bundle.data import prepare_inference_datalist
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BundleInputError, match=f"no image files in the inference folder {tmp_path / 'empty'}"):
+        prepare_inference_datalist(tmp_path / "empty")
+    data = write_pairs(tmp_path / "d", [blob()] * 2)
+    items = prepare_inference_datalist([str(data / "images" / "c0.png"), str(tmp_path / "gone.png"), str(data / "images" / "c1.png")])
+    assert [i["name"] for i in items] == ["c0", "c1"]  # the missing one skipped, the rest run
+    with pytest.raises(BundleInputError, match="no readable image among the 2 inference inputs"):
+        prepare_inference_datalist([str(tmp_path / "gone.png"), str(tmp_path / "gone2.png")])
+
+
+def test_weights_of_another_preset_name_the_preset_they_fit(tmp_path):
+    from bundle.checkpoints import load_model_weights
+    from bundle.networks import DSTransUNet
+
+    torch.save(DSTransUNet(preset="small", out_channels=2).state_dict(), tmp_path / "model.pt")
+    with pytest.raises(BundleInputError, match="the file holds preset 'small', in_channels 3, out_channels 2"):
+        load_model_weights(DSTransUNet(preset="tiny"), tmp_path / "model.pt")
+
+
+def test_a_new_run_moves_the_earlier_runs_models_aside(finished_run, tmp_path):
+    """A kill before the new run's first validation must not leave model.pt of one run beside checkpoint.pt of another."""
+    import shutil
+
+    root = tmp_path / "again"
+    shutil.copytree(finished_run, root)
+    before = {n: (root / "models" / n).read_bytes() for n in ("model.pt", "checkpoint.pt")}
+    run_bundle(train_args(root, "--max_epochs", "1", "--seed", "1"))
+    kept = list((root / "models").glob("previous_*"))
+    assert len(kept) == 1 and {n: (kept[0] / n).read_bytes() for n in before} == before
+    assert (root / "models" / "model.pt").read_bytes() != before["model.pt"]
