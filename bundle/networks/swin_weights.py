@@ -143,16 +143,20 @@ def detect_layout(sd: Mapping[str, torch.Tensor], name: str) -> str:
     )
 
 
-def _rename(sd: Mapping[str, torch.Tensor], rules: List[Tuple[str, Union[str, Callable]]]) -> Dict[str, torch.Tensor]:
-    out = {}
-    for key, value in sd.items():
-        for pattern, repl in rules:
-            key = re.sub(pattern, repl, key)
-        out[key] = value
-    return out
+Rules = List[Tuple[str, Union[str, Callable]]]
 
 
-_TORCHVISION_RULES: List[Tuple[str, Union[str, Callable]]] = [
+def _rename_key(key: str, rules: Rules) -> str:
+    for pattern, repl in rules:
+        key = re.sub(pattern, repl, key)
+    return key
+
+
+def _rename(sd: Mapping[str, torch.Tensor], rules: Rules) -> Dict[str, torch.Tensor]:
+    return {_rename_key(key, rules): value for key, value in sd.items()}
+
+
+_TORCHVISION_RULES: Rules = [
     (r"^features\.0\.0\.", "patch_embed.proj."),
     (r"^features\.0\.2\.", "patch_embed.norm."),
     (r"^features\.(\d+)\.(\d+)\.", lambda m: f"layers.{(int(m.group(1)) - 1) // 2}.blocks.{m.group(2)}."
@@ -161,7 +165,7 @@ _TORCHVISION_RULES: List[Tuple[str, Union[str, Callable]]] = [
     (r"\.mlp\.0\.", ".mlp.fc1."),
     (r"\.mlp\.3\.", ".mlp.fc2."),
 ]
-_HUGGINGFACE_RULES: List[Tuple[str, Union[str, Callable]]] = [
+_HUGGINGFACE_RULES: Rules = [
     (r"^swin\.", ""),
     (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
     (r"^embeddings\.norm\.", "patch_embed.norm."),
@@ -212,14 +216,14 @@ def to_microsoft_layout(sd: Mapping[str, torch.Tensor], layout: str) -> Dict[str
 
 # ---- targets -------------------------------------------------------------------------------
 
-_SWIN_BRANCH_RULES: List[Tuple[str, Union[str, Callable]]] = [
+_SWIN_BRANCH_RULES: Rules = [
     (r"^layers\.(\d+)\.blocks\.", r"stages.\1.blocks."),
     (r"^layers\.(\d+)\.downsample\.", r"merges.\1."),
     (r"\.mlp\.fc1\.", ".mlp.linear1."),
     (r"\.mlp\.fc2\.", ".mlp.linear2."),
 ]
 # MONAI's SwinTransformer (SwinUNETR's swinViT): stage i is layers{i+1}.0, merging at its end
-_MONAI_SWIN_RULES: List[Tuple[str, Union[str, Callable]]] = [
+_MONAI_SWIN_RULES: Rules = [
     (r"^layers\.(\d+)\.", lambda m: f"layers{int(m.group(1)) + 1}.0."),
     (r"\.mlp\.fc1\.", ".mlp.linear1."),
     (r"\.mlp\.fc2\.", ".mlp.linear2."),
@@ -231,7 +235,7 @@ _NOT_LOADED = [  # (pattern on Microsoft keys, why the file's tensor is not used
 ]
 
 
-def _target_rules(module: nn.Module) -> List[Tuple[str, Union[str, Callable]]]:
+def _target_rules(module: nn.Module) -> Rules:
     if isinstance(module, SwinBranch):
         return _SWIN_BRANCH_RULES
     if isinstance(module, SwinTransformer):
@@ -333,7 +337,7 @@ def load_swin_weights(
     new: Dict[str, torch.Tensor] = {}
     for key, value in sd.items():
         why = next((reason for pattern, reason in _NOT_LOADED if re.search(pattern, key)), None)
-        target = _rename({key: None}, rules).popitem()[0]
+        target = _rename_key(key, rules)
         if why is None and target not in own:
             why = f"not in {target_name}"
         if why:
