@@ -88,8 +88,11 @@ def test_comparison_script_names_a_missing_datalist(tmp_path):
     import sys
 
     script = Path(__file__).resolve().parents[1] / "scripts" / "compare_networks.py"
-    proc = subprocess.run([sys.executable, str(script), "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0 and "datalist_800_100_100.json" in proc.stderr
+    missing = tmp_path / "datalist_800_100_100.json"
+    proc = subprocess.run([sys.executable, str(script), "--datalist", str(missing), "--work", str(tmp_path / "w")],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode != 0 and f"no datalist at {missing}" in proc.stderr
+    assert not (tmp_path / "w").exists()
 
 
 @pytest.mark.parametrize("network", ["unet_tif", "swin_unetr_tif"])
