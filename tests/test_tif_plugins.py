@@ -70,17 +70,26 @@ def test_bad_levels_are_named():
 
 
 def test_comparison_script_runs_on_kvasir(kvasir_dir, tmp_path):
+    """scripts/compare_networks.py trains and evaluates through the bundle's commands (a tiny split and budget)."""
+    import json
     import subprocess
     import sys
 
+    full = json.loads((kvasir_dir / "datalist_800_100_100.json").read_text())
+    absolute = lambda items: [{k: str(kvasir_dir / v) for k, v in i.items()} for i in items]  # noqa: E731
+    small = {"training": absolute(full["training"][:8]), "validation": absolute(full["validation"][:2]),
+             "test": absolute(full["test"][:2])}  # fmt: skip
+    (tmp_path / "small.json").write_text(json.dumps(small))
     script = Path(__file__).resolve().parents[1] / "scripts" / "compare_networks.py"
-    cmd = [sys.executable, str(script), "--data-dir", str(kvasir_dir), "--epochs", "1", "--train-limit", "8",
-           "--test-limit", "2", "--size", "64", "--networks", "UNet", "UNet+TIF", "--output", str(tmp_path)]  # fmt: skip
+    cmd = [sys.executable, str(script), "--datalist", str(tmp_path / "small.json"), "--rows", "unet_tif", "--seeds", "0",
+           "--budget-minutes", "0.2", "--work", str(tmp_path / "work"), "--output", str(tmp_path / "out")]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    table = (tmp_path / "results_table.md").read_text()
-    assert "| UNet+TIF |" in table
-    assert all((tmp_path / f).is_file() for f in ("results_dice.png", "results_curves.png", "results_predictions.png"))
+    table = (tmp_path / "out" / "results_table.md").read_text()
+    assert "| UNet+TIF | 0 |" in table
+    assert all((tmp_path / "out" / f).is_file() for f in ("results_dice.png", "results_curves.png", "results_predictions.png"))
+    row = json.loads((tmp_path / "work" / "unet_tif_seed0" / "result.json").read_text())
+    assert 0.0 <= row["test_dice"] <= 1.0 and row["image_size"] and len(row["test_overlays"]) == 2
 
 
 def test_comparison_script_names_a_missing_datalist(tmp_path):
