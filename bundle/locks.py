@@ -76,8 +76,6 @@ def lock_run_folders(folders: Sequence[Union[str, os.PathLike]], enabled: bool =
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise BundleInputError(f"cannot create the output folder {folder}: {e.strerror}") from e
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise BundleInputError(f"the output folder {folder} is not writable")
         path = folder / LOCK_FILE
         for _ in range(2):
             try:
