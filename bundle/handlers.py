@@ -9,6 +9,8 @@
 - :class:`RunRecordWriter`: writes the run's split and plan when training starts, after every check.
 - :class:`LargestComponentDecision`: after evaluating the validation split, records in the training
   plan whether keeping the largest connected component raises mean Dice.
+- :class:`TrackingRecord`: with ``--tracking mlflow``, adds the plan's settings and, at the end, the
+  best model and the run's records to the MLflow run that MONAI's own handler keeps.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ __all__ = [
     "GradientClipHandler",
     "LargestComponentDecision",
     "RunRecordWriter",
+    "TrackingRecord",
 ]
 
 logger = logging.getLogger(__name__)
@@ -209,3 +212,79 @@ class RunRecordWriter:
         for path in earlier:
             os.replace(path, keep / path.name)
         logger.info("Moved the earlier run's %s to %s (a new run starts here).", " and ".join(p.name for p in earlier), keep)
+
+
+class TrackingRecord:
+    """Complete the MLflow run that ``--tracking mlflow`` records (MONAI's ``MLFlowHandler``, which logs
+    the loss, the learning rate, the validation metrics and the executed config) with what it cannot
+    know: the plan's settings as parameters when training starts, and ``model.pt`` (the best
+    validation model), ``plan.json`` and ``datalist.json`` as artifacts after the last epoch; a run
+    that raises is marked FAILED instead of being left RUNNING. Does nothing when no MLflow handler
+    is attached to the trainer (no ``--tracking``).
+
+    Args:
+        plan: the run's :class:`bundle.planning.TrainingPlan`.
+        ckpt_dir: the models folder (``model.pt``).
+        output_dir: the run's folder (``plan.json``, ``datalist.json``).
+    """
+
+    def __init__(self, plan: Any, ckpt_dir: Union[str, Path], output_dir: Union[str, Path]) -> None:
+        self.plan = plan
+        self.files = [Path(ckpt_dir) / "model.pt", Path(output_dir) / "plan.json", Path(output_dir) / "datalist.json"]
+        self.tracker: Any = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.started)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+
+    @staticmethod
+    def _mlflow_handler(engine: Engine) -> Any:
+        try:
+            from monai.handlers import MLFlowHandler
+        except ImportError:  # pragma: no cover - MONAI without its handlers' optional imports
+            return None
+        for handler, _, _ in engine._event_handlers.get(Events.STARTED, []):
+            owner = getattr(handler, "__self__", None)
+            if isinstance(owner, MLFlowHandler):
+                return owner
+        return None
+
+    def started(self, engine: Engine) -> None:
+        # attached after MONAI's handler (train#handlers come first), so its run exists by now
+        self.tracker = self._mlflow_handler(engine)
+        if self.tracker is None or self.tracker.cur_run is None:
+            return
+        # first in line: ignite stops at the first EXCEPTION_RAISED handler that raises (StatsHandler's)
+        if engine.has_event_handler(self.failed, Events.EXCEPTION_RAISED):
+            return
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self.failed)
+        failure_handlers = engine._event_handlers[Events.EXCEPTION_RAISED]
+        failure_handlers.insert(0, failure_handlers.pop())
+        run = self.tracker.client.get_run(self.tracker.cur_run.info.run_id)
+        params = {
+            "image_size": self.plan.image_size,
+            "roi_size": self.plan.roi_size,
+            "batch_size": self.plan.batch_size,
+            "crops_per_image": self.plan.crops_per_image,
+            "intensity": self.plan.intensity,
+            "time_budget_minutes": self.plan.time_budget_minutes,
+            **{str(k): v for k, v in self.plan.settings.items()},
+        }
+        for key, value in params.items():
+            if key not in run.data.params:  # a resumed run keeps the values it started with
+                self.tracker.client.log_param(run.info.run_id, key, str(value))
+
+    def epoch_completed(self, engine: Engine) -> None:
+        # the last epoch, after its validation (train#handlers run first): the best model is on disk
+        if self.tracker is None or self.tracker.cur_run is None or engine.state.epoch < engine.state.max_epochs:
+            return
+        for path in self.files:
+            if path.is_file():
+                self.tracker.client.log_artifact(self.tracker.cur_run.info.run_id, str(path))
+
+    def failed(self, engine: Engine, error: BaseException) -> None:
+        if self.tracker is not None and self.tracker.cur_run is not None:
+            self.tracker.client.set_terminated(self.tracker.cur_run.info.run_id, "FAILED")
+            self.tracker.cur_run = None
+        if len(engine._event_handlers[Events.EXCEPTION_RAISED]) == 1:
+            raise error  # ignite hands the exception to its handlers; the others (StatsHandler) re-raise it

@@ -56,7 +56,7 @@ def check_command_line_ids(argv: Optional[Sequence[str]] = None) -> bool:
         config = ConfigParser.load_config_files(ast.literal_eval(files) if files.lstrip().startswith("[") else files)
     except Exception:
         return True  # MONAI reports unreadable config files itself
-    known = set(_config_ids(config))
+    known = set(_config_ids(config)) | _tracking_ids(argv)
     given = [a[2:].split("=", 1)[0] for a in argv[1:] if a.startswith("--") and len(a) > 2]
     for name in given:
         if name in known or name in MONAI_RUN_ARGUMENTS or name.replace("::", "#") in known:
@@ -65,6 +65,21 @@ def check_command_line_ids(argv: Optional[Sequence[str]] = None) -> bool:
         hint = f"; did you mean --{near[0]}?" if near else ""
         raise BundleInputError(f"--{name} is not a setting of {files}{hint}")
     return True
+
+
+def _tracking_ids(argv: Sequence[str]) -> set:
+    """The ids that ``--tracking`` adds (``tracking_uri``, ``experiment_name``, ...), which the command line may set."""
+    if "--tracking" not in argv or argv.index("--tracking") + 1 >= len(argv):
+        return set()
+    from monai.bundle import ConfigParser
+    from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS
+
+    name = argv[argv.index("--tracking") + 1]
+    try:
+        settings = DEFAULT_EXP_MGMT_SETTINGS.get(name) or ConfigParser.load_config_file(name)
+    except Exception:
+        return set()  # MONAI reports an unknown tracking name or file itself
+    return set(settings.get("configs", {}))
 
 
 def _number(name: str, value: Any, low: float, high: Optional[float] = None, low_open: bool = False, whole: bool = False) -> None:

@@ -1,0 +1,162 @@
+"""Short training probes on Kvasir-SEG to rank recipe choices before a full bundle run.
+
+Not the bundle's workflow and not a benchmark: a small in-memory loop (images resized once to
+``--size``, flips and 90-degree rotations, DiceCE with the bundle's deep-supervision weights, AdamW,
+warm-up + cosine per step, gradient-norm clipping) that trains each variant on the same number of
+training images (``--images``; so the step count is independent of the machine's load, and the
+seconds per step are reported beside it) and reports validation Dice at ``--size`` (not native
+resolution). It answers "which knob is worth a full ``monai.bundle run``", nothing more;
+docs/recipe.md quotes its table as such.
+
+    python scripts/recipe_probe.py --variants baseline lr4e-3 batch4 --images 4000 --out docs/recipe_probe.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from monai.losses import DeepSupervisionLoss, DiceCELoss  # noqa: E402
+from monai.networks.nets import BasicUNet  # noqa: E402
+from monai.optimizers import WarmupCosineSchedule  # noqa: E402
+
+from bundle.networks import DSTransUNet  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data" / "kvasir-seg"
+
+# name -> changes from the baseline (the bundle's default recipe for DS-TransUNet tiny)
+VARIANTS = {
+    "baseline": {},
+    "lr1e-3": {"lr": 1.0e-3},
+    "lr4e-3": {"lr": 4.0e-3},
+    "batch4": {"batch": 4},
+    "batch16": {"batch": 16},
+    "no_drop_path": {"net": {"drop_path_rate": 0.0, "coarse_drop_path_rate": 0.0, "decoder_drop_path_rate": 0.0}},
+    "wd0.05": {"weight_decay": 0.05},
+    "small": {"net": {"preset": "small"}},
+    "unet": {"network": "unet"},
+}
+
+
+def load(split: str, size: int):
+    items = json.loads((DATA / "datalist_800_100_100.json").read_text())[split]
+    images, masks = [], []
+    for item in items:
+        image = Image.open(DATA / item["image"]).convert("RGB").resize((size, size), Image.BILINEAR)
+        mask = Image.open(DATA / item["label"]).convert("L").resize((size, size), Image.NEAREST)
+        images.append(np.asarray(image, np.float32).transpose(2, 0, 1) / 255.0)
+        masks.append((np.asarray(mask) > 127).astype(np.float32)[None])
+    return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(masks))
+
+
+def build(settings: dict) -> torch.nn.Module:
+    if settings.get("network") == "unet":
+        return BasicUNet(spatial_dims=2, in_channels=3, out_channels=1)
+    kwargs = {"preset": "tiny", **settings.get("net", {})}
+    return DSTransUNet(spatial_dims=2, in_channels=3, out_channels=1, deep_supervision=True, **kwargs)
+
+
+def augment(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator):
+    if torch.rand(1, generator=generator) < 0.5:
+        x, y = x.flip(-1), y.flip(-1)
+    if torch.rand(1, generator=generator) < 0.5:
+        x, y = x.flip(-2), y.flip(-2)
+    k = int(torch.randint(0, 4, (1,), generator=generator))
+    return torch.rot90(x, k, (-2, -1)), torch.rot90(y, k, (-2, -1))
+
+
+@torch.no_grad()
+def dice(net: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor) -> float:
+    net.eval()
+    scores = []
+    for start in range(0, len(images), 16):
+        pred = (torch.sigmoid(net(images[start : start + 16])) > 0.5).float()
+        truth = masks[start : start + 16]
+        inter = (pred * truth).sum((1, 2, 3))
+        total = pred.sum((1, 2, 3)) + truth.sum((1, 2, 3))
+        scores.append(torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total)))
+    net.train()
+    return float(torch.cat(scores).mean())
+
+
+def run(name: str, images: int, size: int, data, seed: int) -> dict:
+    settings = {"lr": 2.0e-3, "batch": 8, "weight_decay": 1.0e-4, **VARIANTS[name]}
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    (train_x, train_y), (val_x, val_y) = data
+    net = build(settings)
+    deep = settings.get("network") != "unet"
+    loss_fn = DiceCELoss(sigmoid=True)
+    if deep:
+        loss_fn = DeepSupervisionLoss(loss_fn, weights=[0.6, 0.2, 0.2])
+    optimizer = torch.optim.AdamW(net.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
+    batch = settings["batch"]
+
+    def step() -> float:
+        index = torch.randint(0, len(train_x), (batch,), generator=generator)
+        x, y = augment(train_x[index], train_y[index], generator)
+        loss = loss_fn(net(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        optimizer.step()
+        return float(loss)
+
+    total = max(10, images // batch)
+    scheduler = WarmupCosineSchedule(optimizer, warmup_steps=max(1, total // 20), t_total=total, end_lr=settings["lr"] * 0.01)
+    curve, losses = [], []
+    begin = time.perf_counter()
+    for index in range(total):
+        losses.append(step())
+        scheduler.step()
+        if (index + 1) % max(1, total // 4) == 0 or index + 1 == total:
+            curve.append({"step": index + 1, "val_dice": round(dice(net, val_x, val_y), 4),
+                          "loss": round(float(np.mean(losses[-50:])), 4)})
+            print(name, curve[-1], flush=True)
+    return {
+        "variant": name,
+        "settings": {k: v for k, v in settings.items()},
+        "seconds_per_step": round((time.perf_counter() - begin) / total, 3),
+        "steps": total,
+        "images_seen": total * batch,
+        "train_minutes": round((time.perf_counter() - begin) / 60, 2),
+        "val_dice": curve[-1]["val_dice"],
+        "curve": curve,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="+", default=["baseline"], choices=sorted(VARIANTS))
+    parser.add_argument("--images", type=int, default=4000, help="training images per variant (steps x batch)")
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="docs/recipe_probe.json")
+    args = parser.parse_args()
+    if not DATA.is_dir():
+        sys.exit(f"recipe_probe: Kvasir-SEG not found at {DATA}")
+    torch.set_num_threads(int(os.environ.get("PROBE_THREADS", "2")))
+    data = (load("training", args.size), load("validation", args.size))
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.is_file() else {}
+    for name in args.variants:
+        results[f"{name}@{args.size}/{args.images}img/seed{args.seed}"] = run(name, args.images, args.size, data, args.seed)
+        out.write_text(json.dumps(results, indent=1))
+    for key, value in results.items():
+        print(f"{key:40s} {value['seconds_per_step']:.2f} s/step {value['steps']:5d} steps  val Dice {value['val_dice']:.4f}")
+
+
+if __name__ == "__main__":
+    main()
