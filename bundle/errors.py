@@ -1,6 +1,6 @@
 """Input errors that the bundle reports as one clear line instead of a traceback.
 
-Library code raises :class:`BundleInputError` like any exception (so Python callers and tests can
+Library code raises :class:`BundleInputError` (the networks: ``SwinWeightsError``) like any exception (so Python callers and tests can
 catch it). MONAI's config parser wraps exceptions raised while it builds a component
 (``RuntimeError("Failed to instantiate ...") from e``), so on the command line the user would see a
 long chained traceback; :func:`install_cli_error_hook`, run from each config's ``initialize`` list,
@@ -20,11 +20,14 @@ class BundleInputError(ValueError):
     """Bad user input (missing folder, unpaired or unreadable file, size or channel mismatch, bad setting)."""
 
 
-def find_input_error(exc: Optional[BaseException]) -> Optional[BundleInputError]:
-    """The first :class:`BundleInputError` in ``exc``'s cause/context chain, or ``None``."""
+def find_input_error(exc: Optional[BaseException]) -> Optional[Exception]:
+    """The first input error in ``exc``'s cause/context chain, or ``None``: a :class:`BundleInputError`,
+    or the networks' own (``SwinWeightsError``; ``bundle.networks`` imports nothing of the rest)."""
+    from bundle.networks.swin_weights import SwinWeightsError
+
     seen = set()
     while exc is not None and id(exc) not in seen:
-        if isinstance(exc, BundleInputError):
+        if isinstance(exc, (BundleInputError, SwinWeightsError)):
             return exc
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bundle.data import (
+from bundle.data.datalists import (
     check_pairs,
     find_pairs,
     prepare_evaluation_datalist,
@@ -24,10 +24,10 @@ from bundle.data import (
     read_datalist,
     split_pairs,
 )
-from bundle.demo import draw_demo_pair, make_demo_dataset
+from bundle.data.demo import draw_demo_pair, make_demo_dataset
 from bundle.errors import BundleInputError, find_input_error
-from bundle.image_files import read_array, read_info
-from bundle.transforms import LoadImage2Dd, PrepareMaskd, SavePredictionPNGd, binarize_mask
+from bundle.data.image_files import read_array, read_info
+from bundle.data.transforms import LoadImage2Dd, PrepareMaskd, SavePredictionPNGd, binarize_mask
 
 REPO = Path(__file__).resolve().parents[1]
 

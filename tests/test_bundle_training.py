@@ -274,7 +274,7 @@ def test_resume_without_a_checkpoint_is_one_clear_error(tmp_path):
 
 
 def test_atomic_checkpoints_keep_the_old_file_when_a_save_fails(tmp_path):
-    from bundle.checkpoints import AtomicDiskSaver
+    from bundle.workflows.checkpoints import AtomicDiskSaver
 
     saver = AtomicDiskSaver(tmp_path, filename="model.pt")
     saver({"w": torch.ones(2)}, "ignored_name.pt")
@@ -299,7 +299,7 @@ def test_atomic_checkpoints_keep_the_old_file_when_a_save_fails(tmp_path):
 
 
 def test_model_weights_that_do_not_fit_are_one_clear_error(tmp_path):
-    from bundle.checkpoints import load_model_weights
+    from bundle.workflows.checkpoints import load_model_weights
     from bundle.errors import BundleInputError
     from bundle.networks import DSTransUNet
 

@@ -169,7 +169,7 @@ def test_exported_multi_gpu_config_trains_with_two_processes(exported, tmp_path)
 
 def _new_images(folder: Path) -> list:
     """Images the model never saw, of sizes that are not multiples of the window."""
-    from bundle.demo import draw_demo_pair
+    from bundle.data.demo import draw_demo_pair
 
     folder.mkdir()
     paths = []

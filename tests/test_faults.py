@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 
 from bundle.errors import BundleInputError, find_input_error
-from bundle.locks import LOCK_FILE, lock_run_folders
-from bundle.planning import fingerprint
-from bundle.transforms import LoadImage2Dd, PrepareMaskd
+from bundle.workflows.locks import LOCK_FILE, lock_run_folders
+from bundle.workflows.planning import fingerprint
+from bundle.data.transforms import LoadImage2Dd, PrepareMaskd
 from helpers import REPO, SMALL, cli_env, run_bundle
 
 pytestmark = pytest.mark.faults
@@ -162,7 +162,7 @@ def test_bad_settings_are_one_line_each(args, message):
 
     from monai.bundle import ConfigParser
 
-    from bundle.settings import check_command_line_ids, check_training_settings
+    from bundle.workflows.settings import check_command_line_ids, check_training_settings
 
     argv = [str(REPO / ".venv/lib/monai/bundle/__main__.py"), "run", "training", "--config_file", "configs/train.yaml", *args]
     cwd = os.getcwd()
@@ -213,7 +213,7 @@ def test_a_truncated_or_foreign_checkpoint_under_resume_is_one_line(finished_run
 
 
 def test_inference_inputs_missing_or_empty_are_named_and_the_rest_run(tmp_path):
-    from bundle.data import prepare_inference_datalist
+    from bundle.data.datalists import prepare_inference_datalist
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(BundleInputError, match=f"no image files in the inference folder {tmp_path / 'empty'}"):
@@ -226,7 +226,7 @@ def test_inference_inputs_missing_or_empty_are_named_and_the_rest_run(tmp_path):
 
 
 def test_weights_of_another_preset_name_the_preset_they_fit(tmp_path):
-    from bundle.checkpoints import load_model_weights
+    from bundle.workflows.checkpoints import load_model_weights
     from bundle.networks import DSTransUNet
 
     torch.save(DSTransUNet(preset="small", out_channels=2).state_dict(), tmp_path / "model.pt")

@@ -1,4 +1,4 @@
-"""The training plan (bundle.planning), the inferer that serves both of its scales, and the training
+"""The training plan (bundle.workflows.planning), the inferer that serves both of its scales, and the training
 recipe's handlers: fingerprints of synthetic data, given settings winning, plan.json, resume."""
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from monai.networks.nets import BasicUNet
 from PIL import Image
 
 from bundle.errors import BundleInputError
-from bundle.handlers import GradientClipHandler, LargestComponentDecision
-from bundle.inferers import SegmentationInferer
-from bundle.planning import CANDIDATE_SIZES, fingerprint, plan_training, read_plan, write_plan
-from bundle.transforms import LargestComponentd
+from bundle.workflows.handlers import GradientClipHandler, LargestComponentDecision
+from bundle.workflows.inferers import SegmentationInferer
+from bundle.workflows.planning import CANDIDATE_SIZES, fingerprint, plan_training, read_plan, write_plan
+from bundle.data.transforms import LargestComponentd
 
 
 def _write_pairs(folder: Path, masks: list, size: tuple) -> list:

@@ -56,7 +56,7 @@ def test_a_failing_run_is_marked_failed_not_left_running(tmp_path):
     from ignite.engine import Engine
     from monai.handlers import MLFlowHandler, StatsHandler
 
-    from bundle.handlers import TrackingRecord
+    from bundle.workflows.handlers import TrackingRecord
 
     def step(engine, batch):
         if engine.state.iteration == 3:

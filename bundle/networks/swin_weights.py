@@ -36,7 +36,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.nets.swin_unetr import SwinTransformer
 
-from bundle.errors import BundleInputError
 from bundle.networks.blocks.swin import SwinBranch
 
 __all__ = ["load_swin_weights", "read_swin_state_dict", "SwinWeightsError", "SwinWeightsReport", "LAYOUTS"]
@@ -52,9 +51,9 @@ LAYOUTS = {
 Source = Union[str, os.PathLike, Mapping[str, torch.Tensor]]
 
 
-class SwinWeightsError(BundleInputError):
-    """A checkpoint that fits no Swin layout, or does not fit the branch it is loaded into (a
-    ``ValueError``; on the bundle's command line, one ``ERROR:`` line)."""
+class SwinWeightsError(ValueError):
+    """A checkpoint that fits no Swin layout, or does not fit the branch it is loaded into (on the
+    bundle's command line, one ``ERROR:`` line: ``bundle.errors`` counts it as bad input)."""
 
 
 @dataclass

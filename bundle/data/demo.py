@@ -8,12 +8,13 @@ always draws the same pictures.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Tuple, Union
 
 import numpy as np
 from PIL import Image
+
+from bundle.files import atomic_write
 
 __all__ = ["DEMO_NOTICE", "make_demo_dataset", "draw_demo_pair"]
 
@@ -63,9 +64,8 @@ def draw_demo_pair(index: int, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
 
 def _save_png_atomically(path: Path, array: np.ndarray) -> None:
     # several processes (torchrun ranks) may draw the same set at once: write, then rename
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
 
 
 def make_demo_dataset(directory: Union[str, Path], count: int = 40, seed: int = 0) -> Path:
@@ -77,7 +77,7 @@ def make_demo_dataset(directory: Union[str, Path], count: int = 40, seed: int = 
         raise ValueError(f"the demo set needs at least 2 pairs, got count={count}.")
     directory = Path(directory)
     stamp = directory / "DEMO_DATA.txt"
-    signature = f"synthetic demo data, not medicine; bundle.demo version {_VERSION}, count {count}, seed {seed}\n"
+    signature = f"synthetic demo data, not medicine; bundle.data.demo version {_VERSION}, count {count}, seed {seed}\n"
     names = [f"demo_{i:03d}.png" for i in range(count)]
     complete = all((directory / d / n).is_file() for d in ("images", "masks") for n in names)
     if complete and stamp.is_file() and stamp.read_text() == signature:

@@ -1,6 +1,6 @@
 """MONAI dictionary transforms the configs use where MONAI has none that fits.
 
-- :class:`LoadImage2Dd`: loads any supported 2D file (see :mod:`bundle.image_files`) as a
+- :class:`LoadImage2Dd`: loads any supported 2D file (see :mod:`bundle.data.image_files`) as a
   (C, H, W) ``MetaTensor`` in the picture's own orientation (MONAI's ``PILReader`` would transpose it),
   naming the file when it cannot.
 - :class:`NormalizeImaged`: image intensities as the network was trained on them: each image scaled
@@ -25,7 +25,7 @@ from monai.data import MetaTensor
 from monai.transforms import KeepLargestConnectedComponent, MapTransform
 
 from bundle.errors import BundleInputError
-from bundle.image_files import read_array, split_name, write_png
+from bundle.data.image_files import read_array, split_name, write_png
 
 __all__ = ["LoadImage2Dd", "NormalizeImaged", "IMAGENET_MEAN", "IMAGENET_STD", "PrepareMaskd", "LargestComponentd", "SavePredictionPNGd", "binarize_mask"]
 

@@ -22,6 +22,7 @@ from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
 from bundle.errors import BundleInputError
+from bundle.files import atomic_write
 
 __all__ = ["AtomicDiskSaver", "AtomicCheckpointSaver", "ResumeCheckpointLoader", "load_model_weights", "read_checkpoint"]
 
@@ -64,17 +65,11 @@ class AtomicDiskSaver(DiskSaver):
         filename = self.filename or filename
         if self.save_on_rank != idist.get_rank():
             return
-        path = self.dirname / filename
-        tmp = self.dirname / f".{filename}.{os.getpid()}.tmp"
-        try:
+        with atomic_write(self.dirname / filename) as tmp:
             with open(tmp, "wb") as f:
                 torch.save(checkpoint, f, **self.kwargs)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
         self._fsync_dir()
         for old in self._pending_removal:
             if old != filename:

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import re
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-from bundle.demo import DEMO_NOTICE, make_demo_dataset
+from bundle.data.demo import DEMO_NOTICE, make_demo_dataset
+from bundle.data.image_files import IMAGE_SUFFIXES, ImageInfo, read_array, read_info, split_name
 from bundle.errors import BundleInputError
-from bundle.image_files import IMAGE_SUFFIXES, ImageInfo, read_array, read_info, split_name
+from bundle.files import write_json_atomically
 
 __all__ = [
     "SPLITS",
@@ -30,7 +30,6 @@ __all__ = [
     "check_pairs",
     "prepare_training_datalist",
     "write_training_split",
-    "write_json_atomically",
     "prepare_evaluation_datalist",
     "prepare_inference_datalist",
 ]
@@ -263,14 +262,6 @@ def _hw(info: ImageInfo) -> str:
     return f"{info.height}x{info.width}"
 
 
-def write_json_atomically(path: Path, content: Any) -> None:
-    """Write JSON to a temporary file beside ``path`` and rename it: a kill never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(content, indent=1))
-    os.replace(tmp, path)
-
-
 def prepare_training_datalist(
     output_dir: PathLike,
     dataset_dir: Optional[PathLike] = None,
@@ -292,7 +283,7 @@ def prepare_training_datalist(
     Sources, first that applies: on ``resume``, the run's own ``datalist.json``; ``datalist``
     (a MONAI datalist; split seeded when it has no ``validation`` list); ``dataset_dir`` (pairs
     found by :func:`find_pairs`, split seeded); neither: ``demo_count`` generated demo pairs in
-    ``demo_dir`` (see :mod:`bundle.demo`).
+    ``demo_dir`` (see :mod:`bundle.data.demo`).
     """
     output_dir = Path(output_dir)
     split_file = output_dir / SPLIT_FILE
@@ -377,7 +368,7 @@ def write_training_split(
     data came from, which a resumed run checks). Called when training starts, after every check."""
     split_file = Path(output_dir) / SPLIT_FILE
     absolute = {s: [{k: str(Path(v).resolve()) for k, v in p.items()} for p in lists.get(s, [])] for s in SPLITS}
-    content = {"description": "the split this training run uses (written by bundle.data)",
+    content = {"description": "the split this training run uses (written by bundle.data.datalists)",
                "source": _data_source(dataset_dir, datalist), **absolute}  # fmt: skip
     write_json_atomically(split_file, content)
     _info("Wrote the split to %s.", split_file)

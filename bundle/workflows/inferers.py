@@ -1,7 +1,7 @@
 """The inferer every workflow uses: whole images at a fixed scale, or native-resolution patches.
 
 :class:`SegmentationInferer` is one MONAI ``Inferer`` for both ways a plan can train
-(:mod:`bundle.planning`):
+(:mod:`bundle.workflows.planning`):
 
 - ``image_size`` given: the image is resized to it, the network runs once, and the logits are
   resized back (bilinear) to the image's own height and width, so metrics, masks and overlays are

@@ -13,7 +13,7 @@ import difflib
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterator, List, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 from bundle.errors import BundleInputError
 
@@ -115,7 +115,7 @@ def check_training_settings(
     ``max_epochs``, ``time_budget_minutes``, ``intensity``), checked as the plan checks them.
     """
     from bundle.networks.nets.ds_transunet import PRESETS
-    from bundle.planning import check_planned_settings
+    from bundle.workflows.planning import check_planned_settings
 
     _number("learning_rate", learning_rate, 0.0, low_open=True)
     if preset not in PRESETS:

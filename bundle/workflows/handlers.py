@@ -142,7 +142,7 @@ class LargestComponentDecision:
             engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        from bundle.planning import update_plan
+        from bundle.workflows.planning import update_plan
 
         plain, largest = engine.state.metrics[self.plain_metric], engine.state.metrics[self.largest_metric]
         keep = bool(largest > plain)
@@ -162,7 +162,7 @@ class RunRecordWriter:
     Args:
         output_dir: the training run's output folder.
         datalists: the checked training / validation / test lists.
-        plan: the run's :class:`bundle.planning.TrainingPlan`.
+        plan: the run's :class:`bundle.workflows.planning.TrainingPlan`.
         dataset_dir: the data folder given (recorded in the split for resume's check), or None.
         datalist: the datalist given, or None.
         resume: whether this run resumes one.
@@ -189,8 +189,8 @@ class RunRecordWriter:
         engine.add_event_handler(Events.STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
-        from bundle.data import SPLIT_FILE, write_training_split
-        from bundle.planning import PLAN_FILE, write_plan
+        from bundle.data.datalists import SPLIT_FILE, write_training_split
+        from bundle.workflows.planning import PLAN_FILE, write_plan
 
         if not self.resume and self.ckpt_dir is not None:
             self._keep_previous_models()
@@ -223,7 +223,7 @@ class TrackingRecord:
     is attached to the trainer (no ``--tracking``).
 
     Args:
-        plan: the run's :class:`bundle.planning.TrainingPlan`.
+        plan: the run's :class:`bundle.workflows.planning.TrainingPlan`.
         ckpt_dir: the models folder (``model.pt``).
         output_dir: the run's folder (``plan.json``, ``datalist.json``).
     """

@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 
 from bundle.errors import BundleInputError
-from bundle.image_files import read_array, read_info
-from bundle.transforms import binarize_mask
+from bundle.data.image_files import read_array, read_info
+from bundle.data.transforms import binarize_mask
 
 __all__ = ["TrainingPlan", "plan_training", "read_plan", "update_plan", "fingerprint", "PLAN_FILE"]
 
@@ -211,7 +211,7 @@ def read_plan(output_dir: Union[str, os.PathLike]) -> Dict[str, Any]:
 def update_plan(output_dir: Union[str, os.PathLike], **choices: Any) -> bool:
     """Record later ``choices`` (e.g. evaluation's ``keep_largest``) in the run's ``plan.json``; False
     (nothing written) where the run has no plan."""
-    from bundle.data import write_json_atomically
+    from bundle.files import write_json_atomically
 
     plan = read_plan(output_dir)
     if not plan:
@@ -343,10 +343,10 @@ def _check_resumed_settings(path: Path, saved: Mapping[str, Any], given: Mapping
 
 def write_plan(output_dir: Union[str, os.PathLike], plan: TrainingPlan) -> Path:
     """Write ``plan`` to ``output_dir/plan.json`` (when training starts, after every check)."""
-    from bundle.data import write_json_atomically
+    from bundle.files import write_json_atomically
 
     path = Path(output_dir) / PLAN_FILE
-    content = {"description": "the plan this training run uses (written by bundle.planning)", **asdict(plan),
+    content = {"description": "the plan this training run uses (written by bundle.workflows.planning)", **asdict(plan),
                "inference_size": plan.inference_size}  # fmt: skip
     write_json_atomically(path, content)
     return path
