@@ -81,7 +81,7 @@ def test_single_square_head_has_no_output_projection(benchmark_module):
 
 
 def test_arguments_are_honoured():
-    tif = TIF(64, 64, heads_s=4, head_dim_s=16, mlp_dim_s=32, heads_l=2, head_dim_l=8, mlp_dim_l=40, depth=2, dropout=0.1)
+    tif = TIF(64, 64, coarse_heads=4, coarse_head_dim=16, coarse_mlp_dim=32, fine_heads=2, fine_head_dim=8, fine_mlp_dim=40, depth=2, dropout=0.1)
     assert len(tif.r_transformer.layers) == 2
     assert tif.r_transformer.layers[0].attn.qkv.out_features == 3 * 4 * 16
     assert tif.e_transformer.layers[1].mlp.linear1.out_features == 40
@@ -90,7 +90,18 @@ def test_arguments_are_honoured():
 
 
 def test_bad_inputs_are_named():
-    with pytest.raises(ValueError, match="dim_l=48"):
+    with pytest.raises(ValueError, match="fine_channels=48"):
         TIF(32, 48)(torch.randn(1, 32, 4, 4), torch.randn(1, 32, 4, 4))
     with pytest.raises(ValueError, match="output"):
         TIF(32, 48, output="concat")
+
+
+def test_the_seeds_keyword_names_still_work_with_a_warning():
+    """The seed's dim_s/dim_l/heads_s ... names build the same TIF for a deprecation period (state dicts unchanged)."""
+    torch.manual_seed(0)
+    new = TIF(coarse_channels=32, fine_channels=48, coarse_heads=2, fine_mlp_dim=64, output="pair")
+    with pytest.warns(FutureWarning, match=r"TIF\(dim_s=\.\.\.\) is deprecated.*use coarse_channels"):
+        old = TIF(dim_s=32, dim_l=48, heads_s=2, mlp_dim_l=64, output="pair")
+    assert {k: v.shape for k, v in old.state_dict().items()} == {k: v.shape for k, v in new.state_dict().items()}
+    with pytest.raises(TypeError, match="unexpected keyword argument 'dim_x'"):
+        TIF(32, 48, dim_x=3)

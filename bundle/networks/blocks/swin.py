@@ -259,7 +259,6 @@ class SwinBranch(nn.Module):
         super().__init__()
         if len(depths) != len(num_heads):
             raise ValueError(f"depths {tuple(depths)} and num_heads {tuple(num_heads)} must have one entry per stage.")
-        self.spatial_dims = spatial_dims
         self.patch_embed = PatchEmbed(patch_size, in_channels, embed_dim, nn.LayerNorm, spatial_dims)
         self.pos_drop = nn.Dropout(drop_rate)
         rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()

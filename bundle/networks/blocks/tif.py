@@ -9,7 +9,8 @@ transformer encoder runs over them. Attention is global over all tokens of a map
 from __future__ import annotations
 
 import re
-from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
+import warnings
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -111,107 +112,145 @@ def convert_seed_tif_key(key: str) -> str:
     return key
 
 
-class TIF(nn.Module):
-    """Transformer Interactive Fusion of two feature maps ``e`` (width ``dim_l``) and ``r`` (width ``dim_s``).
+# The seed's keyword names (``s``: the coarse, "small" map; ``l``: the fine, "large" one), accepted
+# with a FutureWarning until 0.3.
+_OLD_TIF_ARGUMENTS = {
+    "dim_s": "coarse_channels",
+    "dim_l": "fine_channels",
+    "heads_s": "coarse_heads",
+    "head_dim_s": "coarse_head_dim",
+    "mlp_dim_s": "coarse_mlp_dim",
+    "heads_l": "fine_heads",
+    "head_dim_l": "fine_head_dim",
+    "mlp_dim_l": "fine_mlp_dim",
+}
 
-    ``TIF(dim_s, dim_l)`` computes what the seed's TIF computes: both maps become token sequences;
-    each map's global token (LayerNorm, mean over tokens, Linear to the other map's width) is
-    prepended to the other map's tokens; ``r``'s tokens pass a transformer of width ``dim_s``
-    (3 heads of 32, MLP 128) and ``e``'s a transformer of width ``dim_l`` (1 head of 64, MLP 256);
-    the prepended token is dropped and the tokens go back to their maps.
+
+def _renamed_arguments(given: Mapping[str, Any], values: Dict[str, Any]) -> Dict[str, Any]:
+    for old, value in given.items():
+        if old not in _OLD_TIF_ARGUMENTS:
+            raise TypeError(f"TIF got an unexpected keyword argument {old!r}.")
+        new = _OLD_TIF_ARGUMENTS[old]
+        warnings.warn(f"TIF({old}=...) is deprecated since 0.2 and will be removed in 0.3; use {new}.", FutureWarning, stacklevel=3)
+        values[new] = value
+    return values
+
+
+class TIF(nn.Module):
+    """Transformer Interactive Fusion of a ``fine`` feature map (``fine_channels``) and a ``coarse``
+    one (``coarse_channels``): the same image seen at two scales.
+
+    ``TIF(coarse_channels, fine_channels)`` computes what the seed's TIF computes: both maps become
+    token sequences; each map's global token (LayerNorm, mean over tokens, Linear to the other map's
+    width) is prepended to the other map's tokens; the coarse tokens pass a transformer of width
+    ``coarse_channels`` (3 heads of 32, MLP 128) and the fine tokens one of width ``fine_channels``
+    (1 head of 64, MLP 256); the prepended token is dropped and the tokens go back to their maps.
 
     Works on 2D and 3D maps (any number of spatial dims) of different widths and spatial sizes.
+    Parameter names keep the paper's letters, ``e_*`` for the fine map and ``r_*`` for the coarse
+    one, so that state dicts stay as they were.
 
     Outputs:
-        - ``output="sum"`` (default, the seed's): ``e + r``, on ``e``'s grid and width. When ``r``'s
-          spatial size differs from ``e``'s, ``r`` is resampled onto ``e``'s grid with
-          ``F.interpolate(mode=resample_mode)``; when ``dim_s != dim_l``, ``r`` is first projected to
-          ``dim_l`` by a learned per-token Linear (``r_to_e``; it exists only in that case).
-        - ``output="pair"`` (the authors' DS-TransUNet): the tuple ``(e, r)``, each on its own grid.
+        - ``output="sum"`` (default, the seed's): ``fine + coarse``, on the fine grid and width. When
+          the coarse map's spatial size differs, it is resampled onto the fine grid with
+          ``F.interpolate(mode=resample_mode)``; when the widths differ, it is first projected to
+          ``fine_channels`` by a learned per-token Linear (``r_to_e``; it exists only in that case).
+        - ``output="pair"`` (the authors' DS-TransUNet): the tuple ``(fine, coarse)``, each on its own grid.
 
     State dicts saved from the seed's TIF or the authors' ``Cross_Att`` (keys such as
     ``transformer_s.layers.0.0.fn.to_qkv.weight``) load as they are; they are renamed on loading.
 
     Args:
-        dim_s: channels of ``r`` (the coarse / "small" branch).
-        dim_l: channels of ``e`` (the fine / "large" branch).
-        heads_s: attention heads of the ``r`` transformer.
-        head_dim_s: width of each head of the ``r`` transformer.
-        mlp_dim_s: hidden width of the ``r`` transformer's MLP.
-        heads_l: attention heads of the ``e`` transformer.
-        head_dim_l: width of each head of the ``e`` transformer.
-        mlp_dim_l: hidden width of the ``e`` transformer's MLP.
+        coarse_channels: channels of the coarse map (the seed's ``dim_s``).
+        fine_channels: channels of the fine map (the seed's ``dim_l``).
+        coarse_heads: attention heads of the coarse transformer.
+        coarse_head_dim: width of each head of the coarse transformer.
+        coarse_mlp_dim: hidden width of the coarse transformer's MLP.
+        fine_heads: attention heads of the fine transformer.
+        fine_head_dim: width of each head of the fine transformer.
+        fine_mlp_dim: hidden width of the fine transformer's MLP.
         depth: transformer layers in each branch.
         dropout: dropout rate inside both transformers.
         output: ``"sum"`` or ``"pair"``, see above.
-        resample_mode: interpolation mode used to bring ``r`` onto ``e``'s grid in ``"sum"`` mode.
+        resample_mode: interpolation mode used to bring the coarse map onto the fine grid in ``"sum"`` mode.
 
     Example::
 
-        >>> tif = TIF(dim_s=96, dim_l=128, output="pair")
-        >>> e, r = tif(torch.rand(2, 128, 32, 32), torch.rand(2, 96, 16, 16))
+        >>> tif = TIF(coarse_channels=96, fine_channels=128, output="pair")
+        >>> fine, coarse = tif(torch.rand(2, 128, 32, 32), torch.rand(2, 96, 16, 16))
     """
 
     def __init__(
         self,
-        dim_s: int,
-        dim_l: int,
-        heads_s: int = 3,
-        head_dim_s: int = 32,
-        mlp_dim_s: int = 128,
-        heads_l: int = 1,
-        head_dim_l: int = 64,
-        mlp_dim_l: int = 256,
+        coarse_channels: Optional[int] = None,
+        fine_channels: Optional[int] = None,
+        coarse_heads: int = 3,
+        coarse_head_dim: int = 32,
+        coarse_mlp_dim: int = 128,
+        fine_heads: int = 1,
+        fine_head_dim: int = 64,
+        fine_mlp_dim: int = 256,
         depth: int = 1,
         dropout: float = 0.0,
         output: str = "sum",
         resample_mode: str = "nearest",
+        **deprecated: Any,
     ) -> None:
         super().__init__()
+        if deprecated:
+            values = _renamed_arguments(deprecated, dict(
+                coarse_channels=coarse_channels, fine_channels=fine_channels, coarse_heads=coarse_heads,
+                coarse_head_dim=coarse_head_dim, coarse_mlp_dim=coarse_mlp_dim, fine_heads=fine_heads,
+                fine_head_dim=fine_head_dim, fine_mlp_dim=fine_mlp_dim))  # fmt: skip
+            coarse_channels, fine_channels = values["coarse_channels"], values["fine_channels"]
+            coarse_heads, coarse_head_dim, coarse_mlp_dim = values["coarse_heads"], values["coarse_head_dim"], values["coarse_mlp_dim"]
+            fine_heads, fine_head_dim, fine_mlp_dim = values["fine_heads"], values["fine_head_dim"], values["fine_mlp_dim"]
+        if coarse_channels is None or fine_channels is None:
+            raise TypeError("TIF needs coarse_channels and fine_channels.")
         if output not in ("sum", "pair"):
             raise ValueError(f"TIF output must be 'sum' or 'pair', got output={output!r}.")
         if not 0.0 <= dropout <= 1.0:
             raise ValueError(f"TIF dropout must be in [0, 1], got dropout={dropout}.")
-        self.dim_s = dim_s
-        self.dim_l = dim_l
-        self.output = output
+        self.coarse_channels = coarse_channels
+        self.fine_channels = fine_channels
         self.resample_mode = resample_mode
         self.pair_output = output == "pair"
-        self.e_token_norm = nn.LayerNorm(dim_l)
-        self.e_token_proj = nn.Linear(dim_l, dim_s)
-        self.r_token_norm = nn.LayerNorm(dim_s)
-        self.r_token_proj = nn.Linear(dim_s, dim_l)
-        self.r_transformer = TIFTransformer(dim_s, depth, heads_s, head_dim_s, mlp_dim_s, dropout)
-        self.e_transformer = TIFTransformer(dim_l, depth, heads_l, head_dim_l, mlp_dim_l, dropout)
+        self.e_token_norm = nn.LayerNorm(fine_channels)
+        self.e_token_proj = nn.Linear(fine_channels, coarse_channels)
+        self.r_token_norm = nn.LayerNorm(coarse_channels)
+        self.r_token_proj = nn.Linear(coarse_channels, fine_channels)
+        self.r_transformer = TIFTransformer(coarse_channels, depth, coarse_heads, coarse_head_dim, coarse_mlp_dim, dropout)
+        self.e_transformer = TIFTransformer(fine_channels, depth, fine_heads, fine_head_dim, fine_mlp_dim, dropout)
         self.r_to_e: nn.Module = (
-            nn.Linear(dim_s, dim_l) if (output == "sum" and dim_s != dim_l) else nn.Identity()
+            nn.Linear(coarse_channels, fine_channels) if (output == "sum" and coarse_channels != fine_channels) else nn.Identity()
         )
         self.register_load_state_dict_pre_hook(_rename_seed_keys)
 
-    def fuse_tokens(self, e_tokens: torch.Tensor, r_tokens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The TIF exchange on token sequences ``(B, Ne, dim_l)`` and ``(B, Nr, dim_s)``."""
-        e_token = self.e_token_proj(self.e_token_norm(e_tokens).mean(dim=1, keepdim=True))
-        r_token = self.r_token_proj(self.r_token_norm(r_tokens).mean(dim=1, keepdim=True))
-        r_out = self.r_transformer(torch.cat([e_token, r_tokens], dim=1))[:, 1:]
-        e_out = self.e_transformer(torch.cat([r_token, e_tokens], dim=1))[:, 1:]
-        return e_out, r_out
+    def fuse_tokens(self, fine_tokens: torch.Tensor, coarse_tokens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The TIF exchange on token sequences ``(B, N_fine, fine_channels)`` and ``(B, N_coarse, coarse_channels)``."""
+        fine_summary = self.e_token_proj(self.e_token_norm(fine_tokens).mean(dim=1, keepdim=True))
+        coarse_summary = self.r_token_proj(self.r_token_norm(coarse_tokens).mean(dim=1, keepdim=True))
+        coarse_out = self.r_transformer(torch.cat([fine_summary, coarse_tokens], dim=1))[:, 1:]
+        fine_out = self.e_transformer(torch.cat([coarse_summary, fine_tokens], dim=1))[:, 1:]
+        return fine_out, coarse_out
 
     def forward(
-        self, e: torch.Tensor, r: torch.Tensor
+        self, fine: torch.Tensor, coarse: torch.Tensor
     ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
-        if e.shape[1] != self.dim_l or r.shape[1] != self.dim_s:
+        if fine.shape[1] != self.fine_channels or coarse.shape[1] != self.coarse_channels:
             raise ValueError(
-                f"TIF(dim_s={self.dim_s}, dim_l={self.dim_l}) expects e with {self.dim_l} channels and r with "
-                f"{self.dim_s} channels, got e {tuple(e.shape)} and r {tuple(r.shape)}."
+                f"TIF(coarse_channels={self.coarse_channels}, fine_channels={self.fine_channels}) expects the fine map "
+                f"with {self.fine_channels} channels and the coarse map with {self.coarse_channels}, got fine "
+                f"{tuple(fine.shape)} and coarse {tuple(coarse.shape)}."
             )
-        e_tokens, r_tokens = self.fuse_tokens(e.flatten(2).transpose(1, 2), r.flatten(2).transpose(1, 2))
+        fine_tokens, coarse_tokens = self.fuse_tokens(fine.flatten(2).transpose(1, 2), coarse.flatten(2).transpose(1, 2))
         if self.pair_output:
-            return _to_map(e_tokens, e.shape), _to_map(r_tokens, r.shape)
-        r_tokens = self.r_to_e(r_tokens)
-        r_map = r_tokens.transpose(1, 2).reshape([r.shape[0], self.dim_l] + list(r.shape[2:]))
-        if r_map.shape[2:] != e.shape[2:]:
-            r_map = F.interpolate(r_map, size=e.shape[2:], mode=self.resample_mode)
-        return _to_map(e_tokens, e.shape) + r_map
+            return _to_map(fine_tokens, fine.shape), _to_map(coarse_tokens, coarse.shape)
+        coarse_tokens = self.r_to_e(coarse_tokens)
+        coarse_map = coarse_tokens.transpose(1, 2).reshape([coarse.shape[0], self.fine_channels] + list(coarse.shape[2:]))
+        if coarse_map.shape[2:] != fine.shape[2:]:
+            coarse_map = F.interpolate(coarse_map, size=fine.shape[2:], mode=self.resample_mode)
+        return _to_map(fine_tokens, fine.shape) + coarse_map
 
 
 class TIFLevels(nn.ModuleDict):

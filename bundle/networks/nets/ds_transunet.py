@@ -189,8 +189,8 @@ class DSTransUNet(nn.Module):
         decoder_num_heads: heads per Swin decoder stage, deepest first (default: width / 2 / 64).
         decoder_drop_path_rate: stochastic depth in each Swin decoder stage.
         tif_depth: transformer layers in each TIF branch.
-        tif_args: other :class:`TIF` arguments (``heads_s``, ``head_dim_s``, ``mlp_dim_s``, ``heads_l``,
-            ``head_dim_l``, ``mlp_dim_l``, ``dropout``); the seed's values by default.
+        tif_args: other :class:`TIF` arguments (``coarse_heads``, ``coarse_head_dim``, ``coarse_mlp_dim``,
+            ``fine_heads``, ``fine_head_dim``, ``fine_mlp_dim``, ``dropout``); the seed's values by default.
         norm_groups: GroupNorm groups in conv blocks (reduced to a divisor of the channels).
         deep_supervision: in training mode, also return the two auxiliary logits (from the deepest
             skip and from the H/4 decoder stage, upsampled to the input size), as
