@@ -1,3 +1,14 @@
+# Copyright (c) DS-TransUNet MONAI bundle developers
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """DS-TransUNet: Dual Swin Transformer U-Net (Lin et al., IEEE TIM 2022, arXiv 2106.06716).
 
 Two Swin encoder branches see the image at two patch sizes (the fine branch at ``patch_size``, the
