@@ -81,7 +81,9 @@ LARGE_FILE_BYTES = 25 * 1024 * 1024
 # the exported configs add the bundle folder to sys.path before building anything from its code:
 # MONAI's `run` does that only after `initialize`, and `verify_net_in_out`, `ckpt_export` and
 # `load` never do
-ADD_BUNDLE_CODE = "$sys.path.insert(0, os.path.abspath(@bundle_root)) if os.path.abspath(@bundle_root) not in sys.path else None"
+ADD_BUNDLE_CODE = (
+    "$sys.path.insert(0, os.path.abspath(@bundle_root)) if os.path.abspath(@bundle_root) not in sys.path else None"
+)
 NETWORK_DESCRIPTIONS = {
     "DSTransUNet": "DS-TransUNet (Lin et al., 2022) encodes the image with two Swin Transformer branches at two patch "
     "sizes, fuses their features with Transformer Interactive Fusion (TIF) blocks and decodes with Swin blocks and "
@@ -113,7 +115,9 @@ def _read_yaml(path: Path) -> Dict[str, Any]:
     return content
 
 
-def merged_configs(configs_dir: Path, extra_files: Sequence[Path], overrides: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+def merged_configs(
+    configs_dir: Path, extra_files: Sequence[Path], overrides: Dict[str, Any]
+) -> Dict[str, Dict[str, Any]]:
     """The repository's workflow configs with ``extra_files`` merged over each but the overlays (top-level ids
     replaced, as ``--config_file "['train.yaml','networks/x.yaml']"`` does) and ``overrides`` set where the id exists.
 
@@ -182,7 +186,9 @@ def read_run(bundle_root: Path) -> Dict[str, Any]:
     run: Dict[str, Any] = {}
     checkpoint_path = bundle_root / "models" / "checkpoint.pt"
     if checkpoint_path.is_file():
-        checkpoint = read_checkpoint(checkpoint_path, mmap=True)  # two numbers wanted: leave the optimizer state on disk
+        checkpoint = read_checkpoint(
+            checkpoint_path, mmap=True
+        )  # two numbers wanted: leave the optimizer state on disk
         trainer = checkpoint.get("trainer", {})
         saver = checkpoint.get("best_model_saver", {})
         if "epoch" in trainer or "epoch_length" in trainer:  # ignite keeps the iteration count and epoch length
@@ -194,13 +200,17 @@ def read_run(bundle_root: Path) -> Dict[str, Any]:
         with open(datalist_path) as f:
             datalist = json.load(f)
         run["split"] = {k: len(v) for k, v in datalist.items() if isinstance(v, list)}
-        images = [str(item.get("image", "")) for items in datalist.values() if isinstance(items, list) for item in items]
+        images = [
+            str(item.get("image", "")) for items in datalist.values() if isinstance(items, list) for item in items
+        ]
         run["demo_data"] = bool(images) and all("demo_data" in Path(p).parts for p in images)
         run["test_names"] = sorted(Path(item["image"]).name for item in datalist.get("test", []))
     metrics_path = bundle_root / "eval" / "metrics.csv"
     weights = bundle_root / "models" / "model.pt"
     if metrics_path.is_file() and metrics_path.stat().st_mtime < weights.stat().st_mtime:
-        logger.warning("%s is older than %s (another model's evaluation): left out of the model card", metrics_path, weights)
+        logger.warning(
+            "%s is older than %s (another model's evaluation): left out of the model card", metrics_path, weights
+        )
     elif metrics_path.is_file():
         with open(metrics_path) as f:
             run["eval"] = {row[0]: float(row[1]) for row in csv.reader(f) if len(row) == 2}
@@ -252,15 +262,26 @@ def _network_summary(configs: Dict[str, Dict[str, Any]], network: torch.nn.Modul
         "image_size": list(image_size) if isinstance(image_size, list) else None,
         "roi_size": list(roi) if isinstance(roi, list) else [64, 64],
         # what the network sees at once: the whole-image size, or the sliding window
-        "inference_size": list(image_size) if isinstance(image_size, list) else list(roi) if isinstance(roi, list) else [64, 64],
+        "inference_size": (
+            list(image_size) if isinstance(image_size, list) else list(roi) if isinstance(roi, list) else [64, 64]
+        ),
         "deep_supervision": bool(net_config.get("deep_supervision", False)),
         "intensity": train.get("intensity") if train.get("intensity") in INTENSITIES else "minmax",
-        "settings": {k: train.get(k) for k in ("max_epochs", "batch_size", "crops_per_image", "learning_rate", "val_interval", "max_grad_norm")},
+        "settings": {
+            k: train.get(k)
+            for k in ("max_epochs", "batch_size", "crops_per_image", "learning_rate", "val_interval", "max_grad_norm")
+        },
     }
 
 
 def build_metadata(
-    name: str, base: Dict[str, Any], net: Dict[str, Any], run: Dict[str, Any], version: str, changelog: str, dataset: str
+    name: str,
+    base: Dict[str, Any],
+    net: Dict[str, Any],
+    run: Dict[str, Any],
+    version: str,
+    changelog: str,
+    dataset: str,
 ) -> Dict[str, Any]:
     meta = copy.deepcopy(base)
     meta["version"] = version
@@ -279,7 +300,9 @@ def build_metadata(
     )
     meta["data_source"] = dataset
     if run.get("demo_data"):
-        meta["intended_use"] = "A demonstration only: trained on synthetic drawings, not medical images. Not a medical device."
+        meta["intended_use"] = (
+            "A demonstration only: trained on synthetic drawings, not medical images. Not a medical device."
+        )
     else:
         meta["intended_use"] = "Research and education. Not a medical device."
     meta["eval_metrics"] = _eval_metrics(run)
@@ -289,14 +312,19 @@ def build_metadata(
         data_format["inputs"]["image"]["channel_def"] = {str(c): f"channel {c}" for c in range(net["in_channels"])}
     image_format = data_format["inputs"]["image"]
     if net["intensity"] == "imagenet":
-        image_format["value_range"] = [round((0 - max(IMAGENET_MEAN)) / min(IMAGENET_STD), 3), round((1 - min(IMAGENET_MEAN)) / min(IMAGENET_STD), 3)]
+        image_format["value_range"] = [
+            round((0 - max(IMAGENET_MEAN)) / min(IMAGENET_STD), 3),
+            round((1 - min(IMAGENET_MEAN)) / min(IMAGENET_STD), 3),
+        ]
         image_format["intensity"] = (
             f"imagenet: pixels scaled to 0..1 by their type's range, then per channel (x - mean) / std with ImageNet "
             f"mean {list(IMAGENET_MEAN)} and std {list(IMAGENET_STD)} (bundle.data.transforms.NormalizeImaged)"
         )
     else:
         image_format["value_range"] = [0, 1]
-        image_format["intensity"] = "minmax: each image scaled to 0..1 by its own minimum and maximum (bundle.data.transforms.NormalizeImaged)"
+        image_format["intensity"] = (
+            "minmax: each image scaled to 0..1 by its own minimum and maximum (bundle.data.transforms.NormalizeImaged)"
+        )
     data_format["outputs"]["pred"]["num_channels"] = net["out_channels"]
     data_format["outputs"]["pred"]["channel_def"] = (
         {"0": "foreground logit (sigmoid > 0.5: foreground)"}
@@ -343,7 +371,12 @@ def write_large_files(root: Path, files_url: Optional[str]) -> List[str]:
     lines.append("large_files:" if large else "large_files: []")
     for path in large:
         url = f"{files_url.rstrip('/')}/{path}" if files_url else ""
-        lines += [f'  - path: "{path}"', f'    url: "{url}"', f'    hash_val: "{_md5(root / path)}"', '    hash_type: "md5"']
+        lines += [
+            f'  - path: "{path}"',
+            f'    url: "{url}"',
+            f'    hash_val: "{_md5(root / path)}"',
+            '    hash_type: "md5"',
+        ]
     (root / "large_files.yml").write_text("\n".join(lines) + "\n")
     return large
 
@@ -352,8 +385,12 @@ def copy_code(root: Path) -> None:
     """The ``bundle`` package the configs name (this exporter left out), without caches."""
     source = Path(__file__).resolve().parent
     shutil.copytree(
-        source, root / "bundle", ignore=lambda d, names: [n for n in names if n == "__pycache__" or n.endswith(".pyc") or (Path(d) == source and n == "export.py")]
-    )  # fmt: skip
+        source,
+        root / "bundle",
+        ignore=lambda d, names: [
+            n for n in names if n == "__pycache__" or n.endswith(".pyc") or (Path(d) == source and n == "export.py")
+        ],
+    )
 
 
 def export_torchscript(root: Path, net: Dict[str, Any]) -> None:
@@ -364,10 +401,15 @@ def export_torchscript(root: Path, net: Dict[str, Any]) -> None:
     with warnings.catch_warnings():  # the tracer's notes on shape-dependent branches: the padding is traced out
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         ckpt_export(
-            net_id="network_def", filepath=str(root / "models" / "model.ts"), ckpt_file=str(root / "models" / "model.pt"),
-            meta_file=str(root / "configs" / "metadata.json"), config_file=str(root / "configs" / "inference.json"),
-            bundle_root=str(root), use_trace=True, input_shape=shape,
-        )  # fmt: skip
+            net_id="network_def",
+            filepath=str(root / "models" / "model.ts"),
+            ckpt_file=str(root / "models" / "model.pt"),
+            meta_file=str(root / "configs" / "metadata.json"),
+            config_file=str(root / "configs" / "inference.json"),
+            bundle_root=str(root),
+            use_trace=True,
+            input_shape=shape,
+        )
 
 
 def _compare_torchscript(root: Path, network: torch.nn.Module, net: Dict[str, Any]) -> float:
@@ -384,15 +426,21 @@ def export_onnx(root: Path, network: torch.nn.Module, net: Dict[str, Any]) -> fl
     try:
         import onnxruntime
     except ImportError as e:
-        raise BundleInputError("--onnx needs onnx, onnxscript and onnxruntime: pip install onnx onnxscript onnxruntime") from e
+        raise BundleInputError(
+            "--onnx needs onnx, onnxscript and onnxruntime: pip install onnx onnxscript onnxruntime"
+        ) from e
     path = root / "models" / "model.onnx"
     example = torch.rand(2, net["in_channels"], *net["inference_size"])
     network = network.eval()
     with torch.no_grad():
         program = torch.onnx.export(
-            network, (example,), dynamo=True, input_names=["image"], output_names=["pred"],
+            network,
+            (example,),
+            dynamo=True,
+            input_names=["image"],
+            output_names=["pred"],
             dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},),
-        )  # fmt: skip
+        )
     program.save(str(path))
     x = torch.rand(4, net["in_channels"], *net["inference_size"], generator=torch.Generator().manual_seed(0))
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -420,34 +468,47 @@ def build_readme(
 ) -> str:
     c, roi = net["in_channels"], net["inference_size"]
     scale = (
-        f"whole images resized to {roi[0]} x {roi[1]}, logits resized back" if net["image_size"]
+        f"whole images resized to {roi[0]} x {roi[1]}, logits resized back"
+        if net["image_size"]
         else f"sliding window, {roi[0]} x {roi[1]} tiles"
     )
     preset = f" (preset `{net['preset']}`)" if net["preset"] else ""
     split = run.get("split", {})
-    split_text = ", ".join(f"{n} {k}" for k, n in split.items()) if split else "not recorded (no runs/train/datalist.json)"
+    split_text = (
+        ", ".join(f"{n} {k}" for k, n in split.items()) if split else "not recorded (no runs/train/datalist.json)"
+    )
     s = net["settings"]
     perf = []
     if "eval" in run:
         where = "the run's test split" if run.get("eval_is_test_split") else f"{run.get('eval_count', '?')} images"
-        perf.append(f"Measured by `configs/evaluate.yaml` on {where}, at each image's native resolution ({scale}, "
-                    "threshold 0.5):\n")  # fmt: skip
+        perf.append(
+            f"Measured by `configs/evaluate.yaml` on {where}, at each image's native resolution ({scale}, "
+            "threshold 0.5):\n"
+        )
         perf.append("| metric | value |\n|---|---|")
         perf += [f"| {k} | {_fmt(v)} |" for k, v in run["eval"].items()]
         perf.append("")
     if "best_val_dice" in run:
-        perf.append(f"Best validation mean Dice during training: {run['best_val_dice']:.4f} (epoch {run['best_epoch']} of "
-                    f"{run.get('epochs', '?')}; `models/model.pt` holds the weights of that epoch).")  # fmt: skip
+        perf.append(
+            f"Best validation mean Dice during training: {run['best_val_dice']:.4f} (epoch {run['best_epoch']} of "
+            f"{run.get('epochs', '?')}; `models/model.pt` holds the weights of that epoch)."
+        )
     if not perf:
         perf.append("Not measured: the run had no `eval/metrics.csv` or `models/checkpoint.pt` when it was exported.")
     if run.get("demo_data"):
-        perf.append("\n**These figures are on synthetic demo drawings, not medical images: they show the pipeline works, "
-                    "nothing about medicine.**")  # fmt: skip
-    perf.append(f"\nExport checks: `models/model.ts` vs PyTorch, max abs difference {checks['torchscript']:.2e} "
-                f"(4 random {roi[0]} x {roi[1]} tiles)"
-                + (f"; `models/model.onnx` in ONNX Runtime vs PyTorch {checks['onnx']:.2e}." if "onnx" in checks else "."))  # fmt: skip
+        perf.append(
+            "\n**These figures are on synthetic demo drawings, not medical images: they show the pipeline works, "
+            "nothing about medicine.**"
+        )
+    perf.append(
+        f"\nExport checks: `models/model.ts` vs PyTorch, max abs difference {checks['torchscript']:.2e} "
+        f"(4 random {roi[0]} x {roi[1]} tiles)"
+        + (f"; `models/model.onnx` in ONNX Runtime vs PyTorch {checks['onnx']:.2e}." if "onnx" in checks else ".")
+    )
     supervision = (
-        " on the main and auxiliary outputs (MONAI's DeepSupervisionLoss, weights 0.6, 0.2, 0.2)" if net["deep_supervision"] else ""
+        " on the main and auxiliary outputs (MONAI's DeepSupervisionLoss, weights 0.6, 0.2, 0.2)"
+        if net["deep_supervision"]
+        else ""
     )
     pins = " ".join(f"{k}=={v}" for k, v in meta["required_packages_version"].items())
     onnx_line = (
@@ -584,11 +645,15 @@ def _data_license(run: Dict[str, Any], license_file: Optional[Path]) -> str:
         except OSError as e:
             raise BundleInputError(f"cannot read --data_license {license_file}: {e}") from e
     if run.get("demo_data"):
-        return ("The training data are synthetic drawings generated by this bundle's code (bundle/data/demo.py), under the "
-                "bundle's Apache License 2.0. They contain no patient data.\n")  # fmt: skip
+        return (
+            "The training data are synthetic drawings generated by this bundle's code (bundle/data/demo.py), under the "
+            "bundle's Apache License 2.0. They contain no patient data.\n"
+        )
     logger.warning("no --data_license given: docs/data_license.txt says the data's terms were not stated")
-    return ("The terms of the training data were not stated when this bundle was exported. Before using or sharing "
-            "the model, check the license of the dataset it was trained on (see docs/README.md, Data).\n")  # fmt: skip
+    return (
+        "The terms of the training data were not stated when this bundle was exported. Before using or sharing "
+        "the model, check the license of the dataset it was trained on (see docs/README.md, Data).\n"
+    )
 
 
 def export_bundle(
@@ -718,7 +783,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--name", required=True, help="bundle name, e.g. ds_transunet_polyp_segmentation")
     parser.add_argument("--bundle_root", type=Path, default=Path("."), help="the training run's folder (default: .)")
     parser.add_argument("--output", type=Path, default=Path("dist"), help="where the folder and zip go (default: dist)")
-    parser.add_argument("--config_file", type=Path, action="append", default=[], help="a network config the model was trained with (repeatable)")
+    parser.add_argument(
+        "--config_file",
+        type=Path,
+        action="append",
+        default=[],
+        help="a network config the model was trained with (repeatable)",
+    )
     parser.add_argument("--version", default="0.1.0")
     parser.add_argument("--changelog", default=None, help="the changelog entry of this version")
     parser.add_argument("--dataset", default=None, help="the training data, for the model card (name and link)")
@@ -726,20 +797,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--files_url", default=None, help="where the large files will be hosted (large_files.yml urls)")
     parser.add_argument("--onnx", action="store_true", help="also write models/model.onnx, checked with ONNX Runtime")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier export of this name and version")
-    parser.add_argument("--configs_dir", type=Path, default=REPO_CONFIGS, help="the bundle's YAML configs (default: the repository's)")
+    parser.add_argument(
+        "--configs_dir", type=Path, default=REPO_CONFIGS, help="the bundle's YAML configs (default: the repository's)"
+    )
     args, extra = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         folder, zip_path = export_bundle(
-            args.name, args.bundle_root, args.output, args.config_file, _parse_overrides(extra), args.version,
-            args.changelog, args.dataset, args.data_license, args.files_url, args.onnx, args.overwrite, args.configs_dir,
-        )  # fmt: skip
+            args.name,
+            args.bundle_root,
+            args.output,
+            args.config_file,
+            _parse_overrides(extra),
+            args.version,
+            args.changelog,
+            args.dataset,
+            args.data_license,
+            args.files_url,
+            args.onnx,
+            args.overwrite,
+            args.configs_dir,
+        )
     except BundleInputError as e:
         sys.stderr.write(f"ERROR: {e}\n")
         return 1
     print(f"exported {folder} and {zip_path}")
-    print(f"check it: cd {folder} && python -m monai.bundle verify_net_in_out network_def "
-          "--meta_file configs/metadata.json --config_file configs/inference.json")  # fmt: skip
+    print(
+        f"check it: cd {folder} && python -m monai.bundle verify_net_in_out network_def "
+        "--meta_file configs/metadata.json --config_file configs/inference.json"
+    )
     return 0
 
 

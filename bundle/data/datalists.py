@@ -260,7 +260,9 @@ def check_pairs(pairs: Iterable[Pair], in_channels: Optional[int] = None) -> Dic
             f"{len(mismatched)} masks differ in size from their images (height x width): {_names(mismatched)}"
         )
     if in_channels is not None:
-        wrong = sorted(f"{Path(p)} ({info.channels} channels)" for p, info in infos.items() if info.channels != in_channels)
+        wrong = sorted(
+            f"{Path(p)} ({info.channels} channels)" for p, info in infos.items() if info.channels != in_channels
+        )
         if wrong:
             raise BundleInputError(
                 f"{len(wrong)} images do not have the network's in_channels={in_channels}: {_names(wrong)}. "
@@ -328,7 +330,9 @@ def prepare_training_datalist(
             source = str(Path(dataset_dir).expanduser().resolve())
         else:
             if demo_dir is None:
-                raise BundleInputError("no --dataset_dir or --datalist given, and no demo_dir to generate demo data in.")
+                raise BundleInputError(
+                    "no --dataset_dir or --datalist given, and no demo_dir to generate demo data in."
+                )
             demo = make_demo_dataset(demo_dir, count=demo_count)
             _warning(DEMO_NOTICE, demo)
             pairs = find_pairs(demo)
@@ -336,8 +340,11 @@ def prepare_training_datalist(
         lists = split_pairs(pairs, val_fraction, test_fraction, split_seed)
         _info(
             "Split %d pairs from %s with seed %d: %d training, %d validation, %d test.",
-            len(pairs), source, split_seed, *(len(lists[s]) for s in SPLITS),
-        )  # fmt: skip
+            len(pairs),
+            source,
+            split_seed,
+            *(len(lists[s]) for s in SPLITS),
+        )
     if not lists.get("validation"):
         raise BundleInputError("the validation list is empty: give a datalist with 'validation' entries or more data.")
     check_pairs([p for s in SPLITS for p in lists.get(s, [])], in_channels)
@@ -379,8 +386,11 @@ def write_training_split(
     data came from, which a resumed run checks). Called when training starts, after every check."""
     split_file = Path(output_dir) / SPLIT_FILE
     absolute = {s: [{k: str(Path(v).resolve()) for k, v in p.items()} for p in lists.get(s, [])] for s in SPLITS}
-    content = {"description": "the split this training run uses (written by bundle.data.datalists)",
-               "source": _data_source(dataset_dir, datalist), **absolute}  # fmt: skip
+    content = {
+        "description": "the split this training run uses (written by bundle.data.datalists)",
+        "source": _data_source(dataset_dir, datalist),
+        **absolute,
+    }
     write_json_atomically(split_file, content)
     _info("Wrote the split to %s.", split_file)
     return split_file
@@ -417,7 +427,9 @@ def prepare_evaluation_datalist(
     return pairs
 
 
-def prepare_inference_datalist(inputs: Union[PathLike, Sequence[PathLike]], in_channels: int = 3) -> List[Dict[str, str]]:
+def prepare_inference_datalist(
+    inputs: Union[PathLike, Sequence[PathLike]], in_channels: int = 3
+) -> List[Dict[str, str]]:
     """Images to run inference on: a folder (its image files), one file, or a list of files/folders.
 
     Each item gets a ``name`` (the stem, made unique) for its output files. Files that cannot be
@@ -438,7 +450,9 @@ def prepare_inference_datalist(inputs: Union[PathLike, Sequence[PathLike]], in_c
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.is_file() and split_name(p) and not p.name.startswith("."))
             if not found and len(entries) == 1:
-                raise BundleInputError(f"no image files in the inference folder {path} (PNG, JPEG, TIFF, BMP, GIF, NIfTI).")
+                raise BundleInputError(
+                    f"no image files in the inference folder {path} (PNG, JPEG, TIFF, BMP, GIF, NIfTI)."
+                )
             files += found
         elif path.is_file():
             files.append(path)

@@ -38,7 +38,16 @@ from monai.transforms import KeepLargestConnectedComponent, MapTransform
 from bundle.errors import BundleInputError
 from bundle.data.image_files import read_array, split_name, write_png
 
-__all__ = ["LoadImage2Dd", "NormalizeImaged", "IMAGENET_MEAN", "IMAGENET_STD", "PrepareMaskd", "LargestComponentd", "SavePredictionPNGd", "binarize_mask"]
+__all__ = [
+    "LoadImage2Dd",
+    "NormalizeImaged",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "PrepareMaskd",
+    "LargestComponentd",
+    "SavePredictionPNGd",
+    "binarize_mask",
+]
 
 
 def _filename(value: Any) -> str:
@@ -82,8 +91,12 @@ class LoadImage2Dd(MapTransform):
             raw = read_array(path, as_mask=self.as_mask)
             value_range = _value_range(raw)
             array = raw.astype(np.float32)
-            meta = {"filename_or_obj": path, "spatial_shape": np.asarray(array.shape[1:]), "original_channel_dim": 0,
-                    "value_range": value_range}  # fmt: skip
+            meta = {
+                "filename_or_obj": path,
+                "spatial_shape": np.asarray(array.shape[1:]),
+                "original_channel_dim": 0,
+                "value_range": value_range,
+            }
             d[key] = MetaTensor(torch.from_numpy(array), affine=torch.eye(3, dtype=torch.float64), meta=meta)
         return d
 
@@ -222,7 +235,9 @@ class LargestComponentd(MapTransform):
             onehot = pred.shape[0] > 1
             largest = KeepLargestConnectedComponent(
                 applied_labels=list(range(1, pred.shape[0])) if onehot else [1], is_onehot=onehot, independent=True
-            )(pred.clone())  # MONAI's transform edits its input in place
+            )(
+                pred.clone()
+            )  # MONAI's transform edits its input in place
             d[f"{key}_largest"] = largest
             if self.apply:
                 d[key] = largest

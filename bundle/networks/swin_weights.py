@@ -125,7 +125,9 @@ def read_swin_state_dict(source: Source) -> Tuple[Dict[str, torch.Tensor], str]:
         if isinstance(sd.get(container), Mapping):
             sd = dict(sd[container])
             break
-    sd = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    sd = {
+        k[len("module.") :] if k.startswith("module.") else k: v for k, v in sd.items() if isinstance(v, torch.Tensor)
+    }
     return sd, name
 
 
@@ -145,7 +147,11 @@ def detect_layout(sd: Mapping[str, torch.Tensor], name: str) -> str:
     if "patch_embed.proj.weight" in sd and any(k.startswith("layers.0.blocks.") for k in keys):
         if any(k.startswith("layers.0.downsample.") for k in keys):
             return "microsoft"
-        return "timm" if any(re.match(r"layers\.\d+\.downsample\.", k) for k in keys) or "head.fc.weight" in sd else "microsoft"
+        return (
+            "timm"
+            if any(re.match(r"layers\.\d+\.downsample\.", k) for k in keys) or "head.fc.weight" in sd
+            else "microsoft"
+        )
     raise SwinWeightsError(
         f"{name} fits no Swin layout ({', '.join(LAYOUTS.values())}): expected keys such as "
         f"patch_embed.proj.weight, features.0.0.weight or embeddings.patch_embeddings.projection.weight; "
@@ -169,8 +175,10 @@ def _rename(sd: Mapping[str, torch.Tensor], rules: Rules) -> Dict[str, torch.Ten
 _TORCHVISION_RULES: Rules = [
     (r"^features\.0\.0\.", "patch_embed.proj."),
     (r"^features\.0\.2\.", "patch_embed.norm."),
-    (r"^features\.(\d+)\.(\d+)\.", lambda m: f"layers.{(int(m.group(1)) - 1) // 2}.blocks.{m.group(2)}."
-     if int(m.group(1)) % 2 else m.group(0)),  # fmt: skip
+    (
+        r"^features\.(\d+)\.(\d+)\.",
+        lambda m: f"layers.{(int(m.group(1)) - 1) // 2}.blocks.{m.group(2)}." if int(m.group(1)) % 2 else m.group(0),
+    ),
     (r"^features\.(\d+)\.(reduction|norm)\.", lambda m: f"layers.{int(m.group(1)) // 2 - 1}.downsample.{m.group(2)}."),
     (r"\.mlp\.0\.", ".mlp.fc1."),
     (r"\.mlp\.3\.", ".mlp.fc2."),
@@ -182,7 +190,10 @@ _HUGGINGFACE_RULES: Rules = [
     (r"^encoder\.layers\.", "layers."),
     (r"\.layernorm_before\.", ".norm1."),
     (r"\.layernorm_after\.", ".norm2."),
-    (r"\.attention\.(self\.)?relative_position_bias(\.relative_position_bias)?_table$", ".attn.relative_position_bias_table"),
+    (
+        r"\.attention\.(self\.)?relative_position_bias(\.relative_position_bias)?_table$",
+        ".attn.relative_position_bias_table",
+    ),
     (r"\.attention\.(o_proj|output\.dense)\.", ".attn.proj."),
     (r"\.intermediate\.dense\.", ".mlp.fc1."),
     (r"\.output\.dense\.", ".mlp.fc2."),
@@ -207,7 +218,10 @@ def _from_huggingface(sd: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]
 
 def _from_timm(sd: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     # timm >= 0.9 merges at the start of stage i what Microsoft merges at the end of stage i - 1
-    rules = [(r"^layers\.(\d+)\.downsample\.", lambda m: f"layers.{int(m.group(1)) - 1}.downsample."), (r"^head\.fc\.", "head.")]
+    rules = [
+        (r"^layers\.(\d+)\.downsample\.", lambda m: f"layers.{int(m.group(1)) - 1}.downsample."),
+        (r"^head\.fc\.", "head."),
+    ]
     if any(k.startswith("layers.0.downsample.") for k in sd):  # timm < 0.9: Microsoft's places
         rules = rules[1:]
     return _rename(sd, rules)

@@ -35,7 +35,13 @@ from monai.handlers import CheckpointLoader, CheckpointSaver
 from bundle.errors import BundleInputError
 from bundle.files import atomic_write
 
-__all__ = ["AtomicDiskSaver", "AtomicCheckpointSaver", "ResumeCheckpointLoader", "load_model_weights", "read_checkpoint"]
+__all__ = [
+    "AtomicDiskSaver",
+    "AtomicCheckpointSaver",
+    "ResumeCheckpointLoader",
+    "load_model_weights",
+    "read_checkpoint",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +226,9 @@ class ResumeCheckpointLoader:
         saved = read_checkpoint(self.load_path, "cpu", mmap=True)
         missing = [k for k in self.load_dict if k not in saved]
         if missing:
-            raise BundleInputError(f"--resume true: {self.load_path} is not a resumable checkpoint of this bundle (no {', '.join(missing)}).")
+            raise BundleInputError(
+                f"--resume true: {self.load_path} is not a resumable checkpoint of this bundle (no {', '.join(missing)})."
+            )
         network = self.load_dict.get("model")
         if network is None:
             return
@@ -268,8 +276,11 @@ def _fitting_preset(network: torch.nn.Module, state: Mapping[str, Any]) -> str:
     head = state.get("head.conv.weight")
     if not isinstance(embed, torch.Tensor) or not isinstance(head, torch.Tensor):
         return ""
-    depths = [1 + max(int(k.split(".")[4]) for k in state if k.startswith(f"fine_branch.stages.{i}.blocks."))
-              for i in range(4) if f"fine_branch.stages.{i}.blocks.0.norm1.weight" in state]  # fmt: skip
+    depths = [
+        1 + max(int(k.split(".")[4]) for k in state if k.startswith(f"fine_branch.stages.{i}.blocks."))
+        for i in range(4)
+        if f"fine_branch.stages.{i}.blocks.0.norm1.weight" in state
+    ]
     for name, preset in PRESETS.items():
         if preset["embed_dim"] == embed.shape[0] and list(preset["depths"]) == depths:
             return f"; the file holds preset {name!r}, in_channels {embed.shape[1]}, out_channels {head.shape[0]}"

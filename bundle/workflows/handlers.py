@@ -57,7 +57,9 @@ class PeriodicValidationHandler(ValidationHandler):
 
     def attach(self, engine: Engine) -> None:
         if not self.epoch_level:
-            raise ValueError("PeriodicValidationHandler validates at epoch level; use ValidationHandler for iterations.")
+            raise ValueError(
+                "PeriodicValidationHandler validates at epoch level; use ValidationHandler for iterations."
+            )
         interval = self.interval
 
         def due(engine: Engine, epoch: int) -> bool:
@@ -157,11 +159,17 @@ class LargestComponentDecision:
 
         plain, largest = engine.state.metrics[self.plain_metric], engine.state.metrics[self.largest_metric]
         keep = bool(largest > plain)
-        if update_plan(self.path.parent, keep_largest=keep, keep_largest_dice={"plain": plain, "largest_component": largest}):
+        if update_plan(
+            self.path.parent, keep_largest=keep, keep_largest_dice={"plain": plain, "largest_component": largest}
+        ):
             logger.info(
                 "Validation Dice %.4f as predicted, %.4f keeping the largest connected component: inference %s it "
-                "(recorded in %s).", plain, largest, "keeps" if keep else "does not keep", self.path,
-            )  # fmt: skip
+                "(recorded in %s).",
+                plain,
+                largest,
+                "keeps" if keep else "does not keep",
+                self.path,
+            )
 
 
 class RunRecordWriter:
@@ -222,7 +230,9 @@ class RunRecordWriter:
         keep.mkdir(exist_ok=True)
         for path in earlier:
             os.replace(path, keep / path.name)
-        logger.info("Moved the earlier run's %s to %s (a new run starts here).", " and ".join(p.name for p in earlier), keep)
+        logger.info(
+            "Moved the earlier run's %s to %s (a new run starts here).", " and ".join(p.name for p in earlier), keep
+        )
 
 
 class TrackingRecord:

@@ -60,7 +60,9 @@ class SegmentationInferer(Inferer):
         self.window = (
             None
             if self.image_size is not None
-            else SlidingWindowInferer(roi_size=list(roi_size), sw_batch_size=sw_batch_size, overlap=overlap, mode="gaussian")
+            else SlidingWindowInferer(
+                roi_size=list(roi_size), sw_batch_size=sw_batch_size, overlap=overlap, mode="gaussian"
+            )
         )
         self.flip_tta = flip_tta
 
@@ -71,7 +73,9 @@ class SegmentationInferer(Inferer):
         mode = "bilinear" if len(size) == 2 else "trilinear"
         resized = inputs
         if size != self.image_size:  # antialiased when shrinking a 2D image (PyTorch has it in 2D only)
-            resized = F.interpolate(inputs, size=self.image_size, mode=mode, align_corners=False, antialias=len(size) == 2)
+            resized = F.interpolate(
+                inputs, size=self.image_size, mode=mode, align_corners=False, antialias=len(size) == 2
+            )
         logits = network(resized, *args, **kwargs)
         if list(logits.shape[2:]) == size:
             return logits

@@ -80,7 +80,11 @@ def lock_run_folders(folders: Sequence[Union[str, os.PathLike]], enabled: bool =
     """
     if not enabled:
         return []
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": datetime.datetime.now().isoformat(timespec="seconds")}
+    me = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
     taken = []
     for folder in dict.fromkeys(Path(f).expanduser().resolve() for f in folders):
         try:

@@ -204,7 +204,9 @@ def _time_step(
 
 
 def _windows(image_hw: Sequence[int], roi: Sequence[int], overlap: float = 0.25) -> int:
-    return math.prod(max(1, math.ceil((s - r) / (r * (1 - overlap))) + 1) if s > r else 1 for s, r in zip(image_hw, roi))
+    return math.prod(
+        max(1, math.ceil((s - r) / (r * (1 - overlap))) + 1) if s > r else 1 for s, r in zip(image_hw, roi)
+    )
 
 
 def read_plan(output_dir: Union[str, os.PathLike]) -> Dict[str, Any]:
@@ -259,9 +261,13 @@ def check_planned_settings(
 ) -> Dict[str, Any]:
     """The settings given (not ``auto``), checked and normalised; a bad one is a one-line error."""
     requested = dict(
-        image_size=image_size, roi_size=roi_size, batch_size=batch_size, crops_per_image=crops_per_image,
-        max_epochs=max_epochs, intensity=intensity,
-    )  # fmt: skip
+        image_size=image_size,
+        roi_size=roi_size,
+        batch_size=batch_size,
+        crops_per_image=crops_per_image,
+        max_epochs=max_epochs,
+        intensity=intensity,
+    )
     given: Dict[str, Any] = {}
     for key, value in requested.items():
         if _is_auto(value):
@@ -274,7 +280,11 @@ def check_planned_settings(
             given[key] = _size_setting(key, value, allow_none=key == "image_size")
         else:
             given[key] = _count_setting(key, value)
-    if not isinstance(time_budget_minutes, (int, float)) or isinstance(time_budget_minutes, bool) or time_budget_minutes <= 0:
+    if (
+        not isinstance(time_budget_minutes, (int, float))
+        or isinstance(time_budget_minutes, bool)
+        or time_budget_minutes <= 0
+    ):
         raise BundleInputError(f"--time_budget_minutes {time_budget_minutes!r}: give a positive number of minutes.")
     return given
 
@@ -306,7 +316,9 @@ def plan_training(
     ``intensity`` auto is ImageNet mean/std when ``pretrained`` (ImageNet encoder weights), else min/max.
     ``settings`` (preset, channels, network) are recorded; a resumed run must give the same, and the
     same scale. The plan is written by :func:`write_plan` when training starts, not here."""
-    given = check_planned_settings(image_size, roi_size, batch_size, crops_per_image, max_epochs, time_budget_minutes, intensity)
+    given = check_planned_settings(
+        image_size, roi_size, batch_size, crops_per_image, max_epochs, time_budget_minutes, intensity
+    )
     path = Path(output_dir) / PLAN_FILE
     main = _world_size() == 1 or torch.distributed.get_rank() == 0
     plan: Optional[TrainingPlan] = None
@@ -314,16 +326,28 @@ def plan_training(
         if resume and path.is_file():
             saved = read_plan(output_dir)
             _check_resumed_settings(path, saved, given, dict(settings or {}))
-            plan = TrainingPlan(**{k: saved[k] for k in PLANNED if k in saved}, fingerprint=saved.get("fingerprint", {}),
-                                timing=saved.get("timing", {}), reasons=saved.get("reasons", []))  # fmt: skip
+            plan = TrainingPlan(
+                **{k: saved[k] for k in PLANNED if k in saved},
+                fingerprint=saved.get("fingerprint", {}),
+                timing=saved.get("timing", {}),
+                reasons=saved.get("reasons", []),
+            )
             plan.reasons = ["resumed: the run's own plan"] + plan.reasons
         elif demo:
             plan = TrainingPlan(**DEMO, reasons=["demo data: fixed small settings, no planning"])
         else:
             plan = _make_plan(
-                datalists, network, loss, torch.device(device), in_channels, out_channels, given,
-                time_budget_minutes, val_interval, epoch_length,
-            )  # fmt: skip
+                datalists,
+                network,
+                loss,
+                torch.device(device),
+                in_channels,
+                out_channels,
+                given,
+                time_budget_minutes,
+                val_interval,
+                epoch_length,
+            )
         if "intensity" not in given and not (resume and path.is_file()):
             plan.intensity = "imagenet" if pretrained else "minmax"
             if pretrained:
@@ -339,12 +363,20 @@ def plan_training(
     return plan
 
 
-def _check_resumed_settings(path: Path, saved: Mapping[str, Any], given: Mapping[str, Any], settings: Mapping[str, Any]) -> None:
+def _check_resumed_settings(
+    path: Path, saved: Mapping[str, Any], given: Mapping[str, Any], settings: Mapping[str, Any]
+) -> None:
     """Refuse, in one line, a resume whose network or scale differ from the run it resumes."""
-    differ = [f"{k} {saved['settings'][k]!r} (now {v!r})" for k, v in settings.items()
-              if k in saved.get("settings", {}) and saved["settings"][k] != v]  # fmt: skip
-    differ += [f"{k} {saved[k]!r} (now {given[k]!r})" for k in ("image_size", "roi_size", "intensity")
-               if k in given and k in saved and saved[k] != given[k]]  # fmt: skip
+    differ = [
+        f"{k} {saved['settings'][k]!r} (now {v!r})"
+        for k, v in settings.items()
+        if k in saved.get("settings", {}) and saved["settings"][k] != v
+    ]
+    differ += [
+        f"{k} {saved[k]!r} (now {given[k]!r})"
+        for k in ("image_size", "roi_size", "intensity")
+        if k in given and k in saved and saved[k] != given[k]
+    ]
     if differ:
         raise BundleInputError(
             f"--resume true: the run being resumed ({path}) was trained with {', '.join(differ)}; resume with its "
@@ -357,8 +389,11 @@ def write_plan(output_dir: Union[str, os.PathLike], plan: TrainingPlan) -> Path:
     from bundle.files import write_json_atomically
 
     path = Path(output_dir) / PLAN_FILE
-    content = {"description": "the plan this training run uses (written by bundle.workflows.planning)", **asdict(plan),
-               "inference_size": plan.inference_size}  # fmt: skip
+    content = {
+        "description": "the plan this training run uses (written by bundle.workflows.planning)",
+        **asdict(plan),
+        "inference_size": plan.inference_size,
+    }
     write_json_atomically(path, content)
     return path
 
@@ -416,8 +451,16 @@ def _make_plan(
         # nothing left for a timing to decide (a step of a large preset on a CPU takes minutes to time)
         size = given.get("image_size") if whole_image else None
         reasons.append("scale and max_epochs given: no timing")
-        return TrainingPlan(image_size=size, roi_size=list(roi), batch_size=batch, crops_per_image=crops,
-                            max_epochs=given["max_epochs"], fingerprint=fp, timing=timing, reasons=reasons)  # fmt: skip
+        return TrainingPlan(
+            image_size=size,
+            roi_size=list(roi),
+            batch_size=batch,
+            crops_per_image=crops,
+            max_epochs=given["max_epochs"],
+            fingerprint=fp,
+            timing=timing,
+            reasons=reasons,
+        )
     if whole_image:
         # smallest first: each larger size is timed only while the budget still leaves MIN_EPOCHS epochs
         sizes = [given["image_size"]] if "image_size" in given else [[s, s] for s in sorted(fits)]
@@ -433,7 +476,9 @@ def _make_plan(
                 break
         size, step, epochs = chosen
         if "image_size" not in given:
-            reasons.append(f"largest size leaving >= {MIN_EPOCHS} epochs in {budget_minutes:g} min (or the smallest): {size[0]}x{size[1]}")
+            reasons.append(
+                f"largest size leaving >= {MIN_EPOCHS} epochs in {budget_minutes:g} min (or the smallest): {size[0]}x{size[1]}"
+            )
         image_size: Optional[List[int]] = size
     else:
         step = _time_step(network, loss, batch * crops, in_channels, roi, device)
@@ -442,9 +487,19 @@ def _make_plan(
         image_size = None
     timing["seconds_per_step"] = round(step, 3)
     max_epochs = max(1, epochs)
-    reasons.append(f"a step of {batch} image(s) x {crops} view(s) takes {step:.2f} s on {device}: {max_epochs} epochs fit {budget_minutes:g} min")
-    return TrainingPlan(image_size=image_size, roi_size=list(roi), batch_size=batch, crops_per_image=crops,
-                        max_epochs=max_epochs, fingerprint=fp, timing=timing, reasons=reasons)  # fmt: skip
+    reasons.append(
+        f"a step of {batch} image(s) x {crops} view(s) takes {step:.2f} s on {device}: {max_epochs} epochs fit {budget_minutes:g} min"
+    )
+    return TrainingPlan(
+        image_size=image_size,
+        roi_size=list(roi),
+        batch_size=batch,
+        crops_per_image=crops,
+        max_epochs=max_epochs,
+        fingerprint=fp,
+        timing=timing,
+        reasons=reasons,
+    )
 
 
 def _log_plan(plan: TrainingPlan, path: Path) -> None:
@@ -453,16 +508,32 @@ def _log_plan(plan: TrainingPlan, path: Path) -> None:
         logger.info(
             "Data: %d training images, median %dx%d px (heights %d-%d, widths %d-%d), %s channel(s), %d class(es); "
             "foreground %.1f%% of pixels, %s object(s) per image, structures about %s px wide.",
-            fp["training_images"], fp["height"]["median"], fp["width"]["median"], fp["height"]["min"], fp["height"]["max"],
-            fp["width"]["min"], fp["width"]["max"], "/".join(map(str, fp["channels"])), fp["classes"],
-            100 * fp["foreground_fraction"], fp["objects_per_image"], fp["structure_width_px"],
-        )  # fmt: skip
-    scale = f"whole images resized to {plan.image_size[0]}x{plan.image_size[1]}" if plan.image_size else (
-        f"native-resolution patches of {plan.roi_size[0]}x{plan.roi_size[1]}"
+            fp["training_images"],
+            fp["height"]["median"],
+            fp["width"]["median"],
+            fp["height"]["min"],
+            fp["height"]["max"],
+            fp["width"]["min"],
+            fp["width"]["max"],
+            "/".join(map(str, fp["channels"])),
+            fp["classes"],
+            100 * fp["foreground_fraction"],
+            fp["objects_per_image"],
+            fp["structure_width_px"],
+        )
+    scale = (
+        f"whole images resized to {plan.image_size[0]}x{plan.image_size[1]}"
+        if plan.image_size
+        else (f"native-resolution patches of {plan.roi_size[0]}x{plan.roi_size[1]}")
     )
     logger.info(
         "Plan: %s, batch %d x %d, %d epochs, %s intensities (%s). Given: %s. Written to %s when training starts.",
-        scale, plan.batch_size, plan.crops_per_image, plan.max_epochs,
-        "ImageNet mean/std" if plan.intensity == "imagenet" else "min/max-scaled", "; ".join(plan.reasons),
-        ", ".join(f"{k}={v}" for k, v in plan.given.items()) or "nothing", path,
-    )  # fmt: skip
+        scale,
+        plan.batch_size,
+        plan.crops_per_image,
+        plan.max_epochs,
+        "ImageNet mean/std" if plan.intensity == "imagenet" else "min/max-scaled",
+        "; ".join(plan.reasons),
+        ", ".join(f"{k}={v}" for k, v in plan.given.items()) or "nothing",
+        path,
+    )

@@ -31,7 +31,16 @@ from bundle.errors import BundleInputError
 __all__ = ["check_command_line_ids", "check_training_settings", "MONAI_RUN_ARGUMENTS"]
 
 # arguments of monai.bundle's `run` itself, not config ids
-MONAI_RUN_ARGUMENTS = {"config_file", "meta_file", "logging_file", "args_file", "run_id", "init_id", "final_id", "tracking"}
+MONAI_RUN_ARGUMENTS = {
+    "config_file",
+    "meta_file",
+    "logging_file",
+    "args_file",
+    "run_id",
+    "init_id",
+    "final_id",
+    "tracking",
+}
 
 
 def _config_ids(node: Any, prefix: str = "") -> Iterator[str]:
@@ -93,12 +102,16 @@ def _tracking_ids(argv: Sequence[str]) -> set:
     return set(settings.get("configs", {}))
 
 
-def _number(name: str, value: Any, low: float, high: Optional[float] = None, low_open: bool = False, whole: bool = False) -> None:
+def _number(
+    name: str, value: Any, low: float, high: Optional[float] = None, low_open: bool = False, whole: bool = False
+) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (not whole or isinstance(value, int))
     ok = ok and (value > low if low_open else value >= low) and (high is None or value <= high)
     if not ok:
         kind = "a whole number" if whole else "a number"
-        bound = f"{'above' if low_open else 'at least'} {low:g}" + (f" and at most {high:g}" if high is not None else "")
+        bound = f"{'above' if low_open else 'at least'} {low:g}" + (
+            f" and at most {high:g}" if high is not None else ""
+        )
         raise BundleInputError(f"--{name} {value!r}: give {kind} {bound}.")
 
 
@@ -138,13 +151,23 @@ def check_training_settings(
         _number("epoch_length", epoch_length, 1, whole=True)
     _number("warmup_fraction", warmup_fraction, 0.0, 0.99)
     _number("max_grad_norm", max_grad_norm, 0.0)
-    if not (isinstance(zoom_range, (list, tuple)) and len(zoom_range) == 2
-            and all(isinstance(z, (int, float)) and not isinstance(z, bool) and z > 0 for z in zoom_range)
-            and zoom_range[0] <= zoom_range[1]):  # fmt: skip
-        raise BundleInputError(f"--zoom_range {zoom_range!r}: give [smallest, largest] zoom factors above 0, e.g. [0.75, 1.25].")
-    if not (isinstance(deep_supervision_weights, (list, tuple)) and deep_supervision_weights
-            and all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in deep_supervision_weights)):  # fmt: skip
-        raise BundleInputError(f"--deep_supervision_weights {deep_supervision_weights!r}: give a list of weights >= 0, e.g. [0.6, 0.2, 0.2].")
+    if not (
+        isinstance(zoom_range, (list, tuple))
+        and len(zoom_range) == 2
+        and all(isinstance(z, (int, float)) and not isinstance(z, bool) and z > 0 for z in zoom_range)
+        and zoom_range[0] <= zoom_range[1]
+    ):
+        raise BundleInputError(
+            f"--zoom_range {zoom_range!r}: give [smallest, largest] zoom factors above 0, e.g. [0.75, 1.25]."
+        )
+    if not (
+        isinstance(deep_supervision_weights, (list, tuple))
+        and deep_supervision_weights
+        and all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in deep_supervision_weights)
+    ):
+        raise BundleInputError(
+            f"--deep_supervision_weights {deep_supervision_weights!r}: give a list of weights >= 0, e.g. [0.6, 0.2, 0.2]."
+        )
     _number("cache_rate", cache_rate, 0.0, 1.0)
     _number("num_workers", num_workers, 0, whole=True)
     _number("seed", seed, 0, whole=True)

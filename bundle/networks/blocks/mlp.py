@@ -53,7 +53,9 @@ class _PreNormMLP(torch.autograd.Function):
         for start in range(0, x_rows.shape[0], _CHUNK_ROWS):
             rows = slice(start, start + _CHUNK_ROWS)
             with torch.enable_grad():
-                leaves = [x_rows[rows].detach().requires_grad_(True)] + [p.detach().requires_grad_(True) for p in params]
+                leaves = [x_rows[rows].detach().requires_grad_(True)] + [
+                    p.detach().requires_grad_(True) for p in params
+                ]
                 normed = F.layer_norm(leaves[0], (width,), leaves[1], leaves[2], ctx.eps)
                 act = F.gelu(F.linear(normed, leaves[3], leaves[4]))
             grad_weight2 += grad_rows[rows].t() @ act.detach()

@@ -73,7 +73,9 @@ class FusedWindowAttention(WindowAttention):
             # a 4D mask (not a 5D broadcast) keeps SDPA off its slowest path
             attn_mask = (attn_mask + mask.unsqueeze(1)).repeat(b // mask.shape[0], 1, 1, 1)
         dropout_p = self.attn_drop.p if self.training else 0.0
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=attn_mask.to(x.dtype), dropout_p=dropout_p)
+        out = F.scaled_dot_product_attention(
+            qkv[0], qkv[1], qkv[2], attn_mask=attn_mask.to(x.dtype), dropout_p=dropout_p
+        )
         # SDPA returns (b, heads, n, d) laid out as (b, n, heads, d): no copy here
         return out.transpose(1, 2).contiguous().view(b, n, c)
 
@@ -119,7 +121,12 @@ class SwinBlock(SwinTransformerBlock):
 
     def forward(self, x: torch.Tensor, mask_matrix: Optional[torch.Tensor]) -> torch.Tensor:
         # as MONAI's block, but checkpointing only where there is a backward to save memory for
-        if self.use_checkpoint and torch.is_grad_enabled() and not torch.jit.is_scripting() and not torch.jit.is_tracing():
+        if (
+            self.use_checkpoint
+            and torch.is_grad_enabled()
+            and not torch.jit.is_scripting()
+            and not torch.jit.is_tracing()
+        ):
             attn = checkpoint.checkpoint(self.forward_part1, x, mask_matrix, use_reentrant=False)
             x = x + self.drop_path(release_heap_in_backward(attn))
             return x + release_heap_in_backward(checkpoint.checkpoint(self.forward_part2, x, use_reentrant=False))
@@ -149,7 +156,11 @@ class SwinBlock(SwinTransformerBlock):
         if self.shifted:
             x = torch.roll(x, shifts=self.shift_size, dims=dims)
         if sum(pad) > 0:
-            x = x[:, : spatial[0], : spatial[1]] if len(spatial) == 2 else x[:, : spatial[0], : spatial[1], : spatial[2]]
+            x = (
+                x[:, : spatial[0], : spatial[1]]
+                if len(spatial) == 2
+                else x[:, : spatial[0], : spatial[1], : spatial[2]]
+            )
         return x
 
 

@@ -51,17 +51,13 @@ class GlobalSelfAttention(nn.Module):
         self.dropout = dropout
         self.qkv = nn.Linear(dim, 3 * inner_dim, bias=False)
         # the seed leaves out the output projection when it would be square with a single head
-        self.out_proj: nn.Module = (
-            nn.Identity() if (num_heads == 1 and head_dim == dim) else nn.Linear(inner_dim, dim)
-        )
+        self.out_proj: nn.Module = nn.Identity() if (num_heads == 1 and head_dim == dim) else nn.Linear(inner_dim, dim)
         self.out_drop = nn.Dropout(dropout) if not isinstance(self.out_proj, nn.Identity) else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
         qkv = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(
-            qkv[0], qkv[1], qkv[2], dropout_p=self.dropout if self.training else 0.0
-        )
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], dropout_p=self.dropout if self.training else 0.0)
         out = out.transpose(1, 2).contiguous().view(b, n, self.num_heads * self.head_dim)
         return self.out_drop(self.out_proj(out))
 
@@ -84,9 +80,7 @@ class TIFTransformerLayer(nn.Module):
 class TIFTransformer(nn.Module):
     """A stack of ``depth`` pre-norm transformer layers without positional encoding."""
 
-    def __init__(
-        self, dim: int, depth: int, num_heads: int, head_dim: int, mlp_dim: int, dropout: float = 0.0
-    ) -> None:
+    def __init__(self, dim: int, depth: int, num_heads: int, head_dim: int, mlp_dim: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
             [TIFTransformerLayer(dim, num_heads, head_dim, mlp_dim, dropout) for _ in range(depth)]
@@ -142,7 +136,11 @@ def _renamed_arguments(given: Mapping[str, Any], values: Dict[str, Any]) -> Dict
         if old not in _OLD_TIF_ARGUMENTS:
             raise TypeError(f"TIF got an unexpected keyword argument {old!r}.")
         new = _OLD_TIF_ARGUMENTS[old]
-        warnings.warn(f"TIF({old}=...) is deprecated since 0.2 and will be removed in 0.3; use {new}.", FutureWarning, stacklevel=3)
+        warnings.warn(
+            f"TIF({old}=...) is deprecated since 0.2 and will be removed in 0.3; use {new}.",
+            FutureWarning,
+            stacklevel=3,
+        )
         values[new] = value
     return values
 
@@ -209,13 +207,30 @@ class TIF(nn.Module):
     ) -> None:
         super().__init__()
         if deprecated:
-            values = _renamed_arguments(deprecated, dict(
-                coarse_channels=coarse_channels, fine_channels=fine_channels, coarse_heads=coarse_heads,
-                coarse_head_dim=coarse_head_dim, coarse_mlp_dim=coarse_mlp_dim, fine_heads=fine_heads,
-                fine_head_dim=fine_head_dim, fine_mlp_dim=fine_mlp_dim))  # fmt: skip
+            values = _renamed_arguments(
+                deprecated,
+                dict(
+                    coarse_channels=coarse_channels,
+                    fine_channels=fine_channels,
+                    coarse_heads=coarse_heads,
+                    coarse_head_dim=coarse_head_dim,
+                    coarse_mlp_dim=coarse_mlp_dim,
+                    fine_heads=fine_heads,
+                    fine_head_dim=fine_head_dim,
+                    fine_mlp_dim=fine_mlp_dim,
+                ),
+            )
             coarse_channels, fine_channels = values["coarse_channels"], values["fine_channels"]
-            coarse_heads, coarse_head_dim, coarse_mlp_dim = values["coarse_heads"], values["coarse_head_dim"], values["coarse_mlp_dim"]
-            fine_heads, fine_head_dim, fine_mlp_dim = values["fine_heads"], values["fine_head_dim"], values["fine_mlp_dim"]
+            coarse_heads, coarse_head_dim, coarse_mlp_dim = (
+                values["coarse_heads"],
+                values["coarse_head_dim"],
+                values["coarse_mlp_dim"],
+            )
+            fine_heads, fine_head_dim, fine_mlp_dim = (
+                values["fine_heads"],
+                values["fine_head_dim"],
+                values["fine_mlp_dim"],
+            )
         if coarse_channels is None or fine_channels is None:
             raise TypeError("TIF needs coarse_channels and fine_channels.")
         if output not in ("sum", "pair"):
@@ -230,10 +245,14 @@ class TIF(nn.Module):
         self.e_token_proj = nn.Linear(fine_channels, coarse_channels)
         self.r_token_norm = nn.LayerNorm(coarse_channels)
         self.r_token_proj = nn.Linear(coarse_channels, fine_channels)
-        self.r_transformer = TIFTransformer(coarse_channels, depth, coarse_heads, coarse_head_dim, coarse_mlp_dim, dropout)
+        self.r_transformer = TIFTransformer(
+            coarse_channels, depth, coarse_heads, coarse_head_dim, coarse_mlp_dim, dropout
+        )
         self.e_transformer = TIFTransformer(fine_channels, depth, fine_heads, fine_head_dim, fine_mlp_dim, dropout)
         self.r_to_e: nn.Module = (
-            nn.Linear(coarse_channels, fine_channels) if (output == "sum" and coarse_channels != fine_channels) else nn.Identity()
+            nn.Linear(coarse_channels, fine_channels)
+            if (output == "sum" and coarse_channels != fine_channels)
+            else nn.Identity()
         )
         self.register_load_state_dict_pre_hook(_rename_seed_keys)
 
@@ -254,11 +273,15 @@ class TIF(nn.Module):
                 f"with {self.fine_channels} channels and the coarse map with {self.coarse_channels}, got fine "
                 f"{tuple(fine.shape)} and coarse {tuple(coarse.shape)}."
             )
-        fine_tokens, coarse_tokens = self.fuse_tokens(fine.flatten(2).transpose(1, 2), coarse.flatten(2).transpose(1, 2))
+        fine_tokens, coarse_tokens = self.fuse_tokens(
+            fine.flatten(2).transpose(1, 2), coarse.flatten(2).transpose(1, 2)
+        )
         if self.pair_output:
             return _to_map(fine_tokens, fine.shape), _to_map(coarse_tokens, coarse.shape)
         coarse_tokens = self.r_to_e(coarse_tokens)
-        coarse_map = coarse_tokens.transpose(1, 2).reshape([coarse.shape[0], self.fine_channels] + list(coarse.shape[2:]))
+        coarse_map = coarse_tokens.transpose(1, 2).reshape(
+            [coarse.shape[0], self.fine_channels] + list(coarse.shape[2:])
+        )
         if coarse_map.shape[2:] != fine.shape[2:]:
             coarse_map = F.interpolate(coarse_map, size=fine.shape[2:], mode=self.resample_mode)
         return _to_map(fine_tokens, fine.shape) + coarse_map
@@ -281,11 +304,17 @@ class TIFLevels(nn.ModuleDict):
     """
 
     def __init__(
-        self, widths: Sequence[int], levels: Sequence[int], tif_args: Optional[Mapping[str, Any]] = None, levels_name: str = "levels"
+        self,
+        widths: Sequence[int],
+        levels: Sequence[int],
+        tif_args: Optional[Mapping[str, Any]] = None,
+        levels_name: str = "levels",
     ) -> None:
         if not set(levels) <= set(range(len(widths))):
             raise ValueError(f"tif_levels must be among 0..{len(widths) - 1} ({levels_name}), got {tuple(levels)}.")
-        super().__init__({str(i): TIF(widths[i], widths[i], output="sum", **dict(tif_args or {})) for i in sorted(set(levels))})
+        super().__init__(
+            {str(i): TIF(widths[i], widths[i], output="sum", **dict(tif_args or {})) for i in sorted(set(levels))}
+        )
 
     def forward(self, fine: Sequence[torch.Tensor], coarse: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         return [self[str(i)](f, c) if str(i) in self else f for i, (f, c) in enumerate(zip(fine, coarse))]

@@ -267,7 +267,9 @@ class DSTransUNet(nn.Module):
         if patch_size != 4:
             raise ValueError(f"DSTransUNet's decoder ends in two x2 stages, so patch_size must be 4, got {patch_size}.")
         if coarse_patch_size % patch_size:
-            raise ValueError(f"coarse_patch_size ({coarse_patch_size}) must be a multiple of patch_size ({patch_size}).")
+            raise ValueError(
+                f"coarse_patch_size ({coarse_patch_size}) must be a multiple of patch_size ({patch_size})."
+            )
         p = dict(PRESETS[preset])
         given = dict(
             embed_dim=embed_dim,
@@ -282,7 +284,9 @@ class DSTransUNet(nn.Module):
         p.update({k: v for k, v in given.items() if v is not None})
         n_stages = len(p["depths"])
         if dual_scale and len(p["coarse_depths"]) != n_stages:
-            raise ValueError(f"depths {p['depths']} and coarse_depths {p['coarse_depths']} need the same number of stages.")
+            raise ValueError(
+                f"depths {p['depths']} and coarse_depths {p['coarse_depths']} need the same number of stages."
+            )
 
         self.spatial_dims = spatial_dims
         self.out_channels = out_channels
@@ -294,30 +298,49 @@ class DSTransUNet(nn.Module):
 
         dim = p["embed_dim"]
         channels = [dim * 2**i for i in range(n_stages)]
-        branch_args = dict(window_size=window_size, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_rate=drop_rate,
-                           attn_drop_rate=attn_drop_rate, use_checkpoint=use_checkpoint)  # fmt: skip
+        branch_args = dict(
+            window_size=window_size,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            drop_rate=drop_rate,
+            attn_drop_rate=attn_drop_rate,
+            use_checkpoint=use_checkpoint,
+        )
         self.fine_branch = SwinBranch(
-            spatial_dims, in_channels, dim, p["depths"], p["num_heads"], patch_size,
-            drop_path_rate=p["drop_path_rate"], **branch_args,
-        )  # fmt: skip
+            spatial_dims,
+            in_channels,
+            dim,
+            p["depths"],
+            p["num_heads"],
+            patch_size,
+            drop_path_rate=p["drop_path_rate"],
+            **branch_args,
+        )
         coarse_channels = [0] * n_stages
         self.coarse_branch: Optional[SwinBranch] = None
         if dual_scale:
             coarse_channels = [p["coarse_embed_dim"] * 2**i for i in range(n_stages)]
             self.coarse_branch = SwinBranch(
-                spatial_dims, in_channels, p["coarse_embed_dim"], p["coarse_depths"], p["coarse_num_heads"],
-                coarse_patch_size, drop_path_rate=p["coarse_drop_path_rate"], **branch_args,
-            )  # fmt: skip
+                spatial_dims,
+                in_channels,
+                p["coarse_embed_dim"],
+                p["coarse_depths"],
+                p["coarse_num_heads"],
+                coarse_patch_size,
+                drop_path_rate=p["coarse_drop_path_rate"],
+                **branch_args,
+            )
         self.fusions = nn.ModuleList(
-            [TIF(cs, c, depth=tif_depth, output="pair", **dict(tif_args or {})) for cs, c in zip(coarse_channels, channels)]
+            [
+                TIF(cs, c, depth=tif_depth, output="pair", **dict(tif_args or {}))
+                for cs, c in zip(coarse_channels, channels)
+            ]
             if self.use_tif
             else []
         )
         self.skip_blocks = nn.ModuleList(
             [
-                nn.Sequential(
-                    _conv(spatial_dims, c + cs, c, 3, norm_groups), _conv(spatial_dims, c, c, 3, norm_groups)
-                )
+                nn.Sequential(_conv(spatial_dims, c + cs, c, 3, norm_groups), _conv(spatial_dims, c, c, 3, norm_groups))
                 for c, cs in zip(channels, coarse_channels)
             ]
         )
@@ -329,9 +352,16 @@ class DSTransUNet(nn.Module):
         for i, c in enumerate(reversed(channels[1:])):
             if decoder == "swin":
                 stage: nn.Module = SwinDecoderStage(
-                    spatial_dims, c, c // 2, heads[i], decoder_depth, window_size, decoder_drop_path_rate,
-                    norm_groups, use_checkpoint,
-                )  # fmt: skip
+                    spatial_dims,
+                    c,
+                    c // 2,
+                    heads[i],
+                    decoder_depth,
+                    window_size,
+                    decoder_drop_path_rate,
+                    norm_groups,
+                    use_checkpoint,
+                )
             else:
                 stage = ConvDecoderStage(spatial_dims, c, c // 2, c // 2, norm_groups)
             self.decoder.append(stage)
@@ -424,9 +454,13 @@ class DSTransUNet(nn.Module):
         out_channels = sd["final.weight"].shape[0]
         in_channels = sd["down1.weight"].shape[1]
         args: Dict[str, Any] = dict(
-            spatial_dims=2, in_channels=in_channels, out_channels=out_channels, preset="base",
-            deep_supervision=True, aux_relu=True,
-        )  # fmt: skip
+            spatial_dims=2,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            preset="base",
+            deep_supervision=True,
+            aux_relu=True,
+        )
         args.update(kwargs)
         model = cls(**args)
         model.load_state_dict(convert_authors_state_dict(sd), strict=True)

@@ -40,7 +40,11 @@ class DualScaleSwinViT(nn.Module):
     """
 
     def __init__(
-        self, fine: nn.Module, coarse_scale: int, tif_levels: Sequence[int], tif_args: Optional[Mapping[str, Any]] = None
+        self,
+        fine: nn.Module,
+        coarse_scale: int,
+        tif_levels: Sequence[int],
+        tif_args: Optional[Mapping[str, Any]] = None,
     ) -> None:
         super().__init__()
         self.fine = fine
