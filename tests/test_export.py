@@ -17,7 +17,9 @@ import torch
 import yaml
 from PIL import Image
 
-from bundle.export import LARGE_FILE_BYTES, _md5, main, package_versions
+from bundle.export import main
+from bundle.export.artifacts import LARGE_FILE_BYTES, _md5
+from bundle.export.metadata import package_versions
 from helpers import REPO, SMALL, local_metadata_schema, run_bundle, run_command
 
 NAME = "demo_polyp_segmentation"

@@ -1,0 +1,111 @@
+# Copyright (c) DS-TransUNet MONAI bundle developers
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""The repository's YAML configs made into a zoo bundle's JSON configs (merged, overridden, self-contained)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+from typing import Any, Dict, Sequence
+
+import yaml
+
+from bundle.errors import BundleInputError
+from bundle.workflows.planning import PLANNED
+from bundle.export.constants import ADD_BUNDLE_CODE, OVERLAY_CONFIGS, WORKFLOW_CONFIGS
+
+logger = logging.getLogger(__name__)
+
+# ---- configs ---------------------------------------------------------------------------------
+
+
+def _read_yaml(path: Path) -> Dict[str, Any]:
+    try:
+        with open(path) as f:
+            content = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as e:
+        raise BundleInputError(f"cannot read the config {path}: {e}") from e
+    if not isinstance(content, dict):
+        raise BundleInputError(f"the config {path} is not a mapping of ids to values")
+    return content
+
+
+def merged_configs(
+    configs_dir: Path, extra_files: Sequence[Path], overrides: Dict[str, Any]
+) -> Dict[str, Dict[str, Any]]:
+    """The repository's workflow configs with ``extra_files`` merged over each but the overlays (top-level ids
+    replaced, as ``--config_file "['train.yaml','networks/x.yaml']"`` does) and ``overrides`` set where the id exists.
+
+    Raises:
+        BundleInputError: a config is missing or unreadable, or an override names an id no config has.
+    """
+    extras = [_read_yaml(Path(f)) for f in extra_files]
+    configs, used = {}, set()
+    for name in WORKFLOW_CONFIGS:
+        path = configs_dir / f"{name}.yaml"
+        if not path.is_file():
+            raise BundleInputError(f"no {path}: set --configs_dir to the folder with the bundle's YAML configs")
+        config = _read_yaml(path)
+        for extra in extras if name not in OVERLAY_CONFIGS else ():
+            config.update(copy.deepcopy(extra))
+        for key, value in overrides.items():
+            if key in config:
+                config[key] = copy.deepcopy(value)
+                used.add(key)
+        configs[name] = config
+    unknown = sorted(set(overrides) - used)
+    if unknown:
+        raise BundleInputError(f"--{unknown[0]} is not a setting of the configs in {configs_dir} (a typo?)")
+    return configs
+
+
+def _add_requires(node: Any) -> Any:
+    """Every component built from the bundle's own code first adds the bundle folder to ``sys.path``."""
+    if isinstance(node, dict):
+        node = {k: _add_requires(v) for k, v in node.items()}
+        if str(node.get("_target_", "")).startswith("bundle."):
+            required = node.get("_requires_")
+            required = [] if required is None else required if isinstance(required, list) else [required]
+            node["_requires_"] = ["@add_bundle_code", *[r for r in required if r != "@add_bundle_code"]]
+        return node
+    if isinstance(node, list):
+        return [_add_requires(v) for v in node]
+    return node
+
+
+def zoo_config(config: Dict[str, Any]) -> Dict[str, Any]:
+    """A repository config made self-contained for a zoo bundle folder: ``bundle_root`` is ``.`` (override it
+    with ``--bundle_root`` when running from elsewhere) and the bundle's code is imported from that folder."""
+    config = copy.deepcopy(config)
+    imports = list(config.get("imports", []))
+    for statement in ("$import os", "$import sys"):
+        if statement not in imports:
+            imports.append(statement)
+    out: Dict[str, Any] = {"imports": imports, "bundle_root": ".", "add_bundle_code": ADD_BUNDLE_CODE}
+    for key, value in config.items():
+        if key not in out:
+            out[key] = _add_requires(value)
+    return out
+
+
+def _json_text(content: Any) -> str:
+    return json.dumps(content, indent=4) + "\n"
+
+
+def apply_plan(configs: Dict[str, Dict[str, Any]], plan: Dict[str, Any], overrides: Dict[str, Any]) -> None:
+    """The run's planned settings (``runs/train/plan.json``) as plain values in every config that has them:
+    a zoo bundle has no training run to read its scale from, and its train.json reproduces the run."""
+    for config in configs.values():
+        for key in (*PLANNED, "keep_largest"):
+            if key in config and key in plan and key not in overrides:
+                config[key] = copy.deepcopy(plan[key])
