@@ -13,6 +13,8 @@ import torch
 
 from helpers import SMALL, run_bundle
 
+pytestmark = pytest.mark.faults  # issue 9, item 2: part of `pytest -m faults` (docs/reliability.md)
+
 mlflow = pytest.importorskip("mlflow", reason="the `mlflow` extra is not installed (pip install -e '.[mlflow]')")
 pytest.importorskip("sqlalchemy", reason="MLflow's SQLite store needs sqlalchemy (the `mlflow` extra)")
 from mlflow.tracking import MlflowClient  # noqa: E402
