@@ -9,7 +9,13 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Handing freed CPU memory back to the operating system during a checkpointed backward.
+"""The memory policy of the networks, in one place: when activations are recomputed in backward,
+and handing freed CPU memory back to the operating system as a checkpointed backward runs.
+
+:func:`recomputes` is the one question every block asks before it checkpoints: recomputation is
+only ever worth its time when a backward will follow in eager PyTorch, so never under
+``torch.no_grad``, TorchScript tracing or scripting, or ``torch.export`` (ONNX's dynamo exporter).
+
 
 glibc serves blocks of up to 32 MB from its heap (its mmap threshold rises to the largest block
 freed so far), and freed heap pages stay resident: on the CPU a process's memory is that of its
@@ -29,12 +35,22 @@ from typing import Any, Optional
 
 import torch
 
-__all__ = ["release_heap_in_backward"]
+__all__ = ["recomputes", "release_heap_in_backward"]
 
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number, from glibc's malloc.h
 _MMAP_THRESHOLD_BYTES = 1024 * 1024
 _GLIBC: Optional[Any] = None
 _LOOKED_UP = False
+
+
+def recomputes(requested: bool = True) -> bool:
+    """Whether a block that ``requested`` recomputation (its ``use_checkpoint``, or always for a cheap
+    one) recomputes now: only with autograd on, in eager PyTorch."""
+    if not requested or not torch.is_grad_enabled():
+        return False
+    if torch.jit.is_scripting() or torch.jit.is_tracing():
+        return False
+    return not torch.compiler.is_exporting()
 
 
 def _glibc() -> Optional[Any]:

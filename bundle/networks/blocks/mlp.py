@@ -18,6 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.blocks import MLPBlock
 
+from bundle.networks.memory import recomputes
+
 __all__ = ["prenorm_mlp"]
 
 _CHUNK_ROWS = 4096  # tokens recomputed at once in backward
@@ -71,9 +73,7 @@ def prenorm_mlp(x: torch.Tensor, norm: nn.LayerNorm, mlp: MLPBlock) -> torch.Ten
     GELU MLP without dropout (as in DS-TransUNet's Swin and TIF blocks), so that its hidden
     activations are recomputed in backward rather than stored. Same parameters, same outputs."""
     if (
-        torch.is_grad_enabled()
-        and not torch.jit.is_scripting()
-        and not torch.jit.is_tracing()
+        recomputes()
         and isinstance(mlp.fn, nn.GELU)
         and mlp.fn.approximate == "none"
         and isinstance(norm, nn.LayerNorm)

@@ -16,13 +16,17 @@ MONAI's ``SwinTransformer`` returns maps *after* patch merging with an affine-fr
 DS-TransUNet's branches, like the original Swin code, keep the window and shift fixed and zero-pad
 the map to a multiple of the window, and take each stage's output *before* merging through a
 learned LayerNorm. These classes reuse MONAI's ``PatchEmbed``, ``SwinTransformerBlock``,
-``WindowAttention``, ``PatchMergingV2``, ``window_partition``/``window_reverse`` and
-``compute_mask``, changing only the windowing and computing window attention with
-``scaled_dot_product_attention`` in training too (MONAI uses it only without autograd).
+``WindowAttention`` and ``PatchMergingV2``, changing only the windowing and computing window
+attention with ``scaled_dot_product_attention`` in training too (MONAI uses it only without autograd).
+
+``window_partition``, ``window_reverse`` and ``shifted_window_mask`` give MONAI's values, written so
+that ``torch.export`` (ONNX's dynamo exporter) can keep height and width symbolic: windows counted by
+ceiling division, explicit copies instead of ``contiguous()``, the shift mask from index comparisons.
 """
 
 from __future__ import annotations
 
+import math
 from typing import List, Optional, Sequence
 
 import torch
@@ -34,16 +38,22 @@ from monai.networks.nets.swin_unetr import (
     PatchMergingV2,
     SwinTransformerBlock,
     WindowAttention,
-    compute_mask,
-    window_partition,
-    window_reverse,
 )
 from monai.utils import ensure_tuple_rep
 
 from bundle.networks.blocks.mlp import prenorm_mlp
-from bundle.networks.memory import release_heap_in_backward
+from bundle.networks.memory import recomputes, release_heap_in_backward
+from bundle.networks.tracing import is_compiling
 
-__all__ = ["FusedWindowAttention", "SwinBlock", "SwinStage", "SwinBranch"]
+__all__ = [
+    "FusedWindowAttention",
+    "SwinBlock",
+    "SwinStage",
+    "SwinBranch",
+    "shifted_window_mask",
+    "window_partition",
+    "window_reverse",
+]
 
 
 class FusedWindowAttention(WindowAttention):
@@ -56,7 +66,7 @@ class FusedWindowAttention(WindowAttention):
     """
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
-        if torch.is_grad_enabled() and not torch.jit.is_scripting() and not torch.jit.is_tracing():
+        if recomputes():
             out = checkpoint.checkpoint(self.attend, x, mask, use_reentrant=False)
         else:
             out = self.attend(x, mask)
@@ -76,8 +86,12 @@ class FusedWindowAttention(WindowAttention):
         out = F.scaled_dot_product_attention(
             qkv[0], qkv[1], qkv[2], attn_mask=attn_mask.to(x.dtype), dropout_p=dropout_p
         )
+        out = out.transpose(1, 2)
+        if torch.compiler.is_exporting():
+            # the exporter's own SDPA decomposition returns (b, heads, n, d) contiguous: copy explicitly
+            return out.clone(memory_format=torch.contiguous_format).view(b, n, c)
         # SDPA returns (b, heads, n, d) laid out as (b, n, heads, d): no copy here
-        return out.transpose(1, 2).contiguous().view(b, n, c)
+        return out.contiguous().view(b, n, c)
 
 
 class SwinBlock(SwinTransformerBlock):
@@ -121,12 +135,7 @@ class SwinBlock(SwinTransformerBlock):
 
     def forward(self, x: torch.Tensor, mask_matrix: Optional[torch.Tensor]) -> torch.Tensor:
         # as MONAI's block, but checkpointing only where there is a backward to save memory for
-        if (
-            self.use_checkpoint
-            and torch.is_grad_enabled()
-            and not torch.jit.is_scripting()
-            and not torch.jit.is_tracing()
-        ):
+        if recomputes(self.use_checkpoint):
             attn = checkpoint.checkpoint(self.forward_part1, x, mask_matrix, use_reentrant=False)
             x = x + self.drop_path(release_heap_in_backward(attn))
             return x + release_heap_in_backward(checkpoint.checkpoint(self.forward_part2, x, use_reentrant=False))
@@ -140,27 +149,30 @@ class SwinBlock(SwinTransformerBlock):
         x = self.norm1(x)
         spatial = list(x.shape[1:-1])
         c = x.shape[-1]
+        # whole windows by ceiling division: an exporter with symbolic sizes then needs no divisibility proof
+        padded: List[int] = [x.shape[0]] + [(s + w - 1) // w * w for s, w in zip(spatial, self.window_size)]
         pad: List[int] = [0, 0]
-        padded: List[int] = [x.shape[0]]
         for i in range(len(spatial) - 1, -1, -1):
-            extra = (self.window_size[i] - spatial[i] % self.window_size[i]) % self.window_size[i]
-            pad += [0, extra]
-            padded.insert(1, spatial[i] + extra)
-        if sum(pad) > 0:
+            pad += [0, padded[i + 1] - spatial[i]]
+        # always padded when compiling or exporting: no branch on a symbolic size
+        cropped = is_compiling() or sum(pad) > 0
+        if cropped:
             x = F.pad(x, pad)
         dims = list(range(1, len(spatial) + 1))
         if self.shifted:
             x = torch.roll(x, shifts=[-s for s in self.shift_size], dims=dims)
         windows = self.attn(window_partition(x, self.window_size), mask_matrix if self.shifted else None)
-        x = window_reverse(windows.view([-1] + self.window_size + [c]), self.window_size, padded)
+        x = window_reverse(windows, self.window_size, padded)
         if self.shifted:
             x = torch.roll(x, shifts=self.shift_size, dims=dims)
-        if sum(pad) > 0:
+        if cropped:
             x = (
                 x[:, : spatial[0], : spatial[1]]
                 if len(spatial) == 2
                 else x[:, : spatial[0], : spatial[1], : spatial[2]]
             )
+            if torch.compiler.is_exporting():  # a fresh layout: no stride guard on whether anything was padded
+                x = x.clone(memory_format=torch.contiguous_format)
         return x
 
 
@@ -219,11 +231,55 @@ class SwinStage(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        padded = [-(-s // w) * w for s, w in zip(x.shape[1:-1], self.window_size)]
-        mask = compute_mask(padded, self.window_size, self.shift_size, x.device)
+        padded = [(s + w - 1) // w * w for s, w in zip(x.shape[1:-1], self.window_size)]
+        mask = shifted_window_mask(padded, self.window_size, self.shift_size, x.device)
         for block in self.blocks:
             x = block(x, mask)
         return x
+
+
+def window_partition(x: torch.Tensor, window_size: Sequence[int]) -> torch.Tensor:
+    """``(B, *spatial, C)`` (spatial a multiple of the window) to ``(B * windows, tokens, C)``, as MONAI's
+    ``window_partition``, with an explicit copy in place of ``contiguous()``: whether the permuted map is
+    already contiguous (one window) is then no guard for an exporter with symbolic sizes."""
+    shape: List[int] = [x.shape[0]]
+    for s, w in zip(x.shape[1:-1], window_size):
+        shape += [s // w, w]
+    n = len(window_size)
+    order = [0] + [1 + 2 * i for i in range(n)] + [2 + 2 * i for i in range(n)] + [2 * n + 1]
+    windows = x.view(shape + [x.shape[-1]]).permute(order).clone(memory_format=torch.contiguous_format)
+    return windows.view(-1, math.prod(window_size), x.shape[-1])
+
+
+def window_reverse(windows: torch.Tensor, window_size: Sequence[int], dims: Sequence[int]) -> torch.Tensor:
+    """The inverse of :func:`window_partition`: ``(B * windows, tokens, C)`` to ``(B, *spatial, C)`` for
+    ``dims`` = ``[B, *spatial]``, as MONAI's ``window_reverse`` (explicit copy as above)."""
+    n = len(window_size)
+    shape: List[int] = [dims[0]] + [s // w for s, w in zip(dims[1:], window_size)] + list(window_size) + [-1]
+    order = [0] + [j for i in range(n) for j in (1 + i, 1 + n + i)] + [2 * n + 1]
+    x = windows.view(shape).permute(order).clone(memory_format=torch.contiguous_format)
+    return x.view(list(dims) + [windows.shape[-1]])
+
+
+def shifted_window_mask(
+    dims: Sequence[int], window_size: Sequence[int], shift_size: Sequence[int], device: torch.device
+) -> torch.Tensor:
+    """MONAI's ``compute_mask``, the same values, from index comparisons instead of slice assignment:
+    an exporter with symbolic sizes then needs no guard on whether a region is empty (one window).
+
+    Returns ``(windows, tokens, tokens)``: 0 where two tokens of a shifted window came from the same
+    region of the map, -100 where the cyclic shift brought them together from different ones.
+    """
+    region = torch.zeros((1,), dtype=torch.long, device=device)
+    for size, window, shift in zip(dims, window_size, shift_size):
+        index = torch.arange(size, device=device)
+        # MONAI's regions along one axis: [0, size - window), [size - window, size - shift), [size - shift, size)
+        along = (index >= size - window).long() + (index >= size - shift).long()
+        region = region.unsqueeze(-1) * 3 + along
+    region = region.reshape([1] + list(dims) + [1]).float()
+    windows = window_partition(region, window_size).squeeze(-1)
+    diff = windows.unsqueeze(1) - windows.unsqueeze(2)
+    return torch.where(diff != 0, torch.full_like(diff, -100.0), torch.zeros_like(diff))
 
 
 def _init_swin_weights(module: nn.Module) -> None:

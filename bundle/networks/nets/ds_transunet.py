@@ -32,7 +32,8 @@ from monai.networks.layers import Pool
 
 from bundle.networks.blocks.swin import SwinBranch, SwinStage
 from bundle.networks.blocks.tif import TIF
-from bundle.networks.memory import release_heap_in_backward
+from bundle.networks.memory import recomputes, release_heap_in_backward
+from bundle.networks.tracing import is_compiling
 from bundle.networks.swin_weights import load_swin_weights
 
 __all__ = ["DSTransUNet", "PRESETS", "convert_authors_state_dict"]
@@ -392,7 +393,7 @@ class DSTransUNet(nn.Module):
     def _run(self, module: Callable[..., Any], *args: torch.Tensor, cheap: bool = False) -> Any:
         """Run ``module``, recomputing it in backward under ``use_checkpoint``, or always when it is
         ``cheap``: a full-resolution conv stage, whose activations are large and FLOPs few."""
-        if (self.use_checkpoint or cheap) and self.training and torch.is_grad_enabled() and not torch.jit.is_tracing():
+        if self.training and recomputes(self.use_checkpoint or cheap):
             out = checkpoint.checkpoint(module, *args, use_reentrant=False)
             return release_heap_in_backward(out) if self.use_checkpoint else out
         return module(*args)
@@ -414,11 +415,12 @@ class DSTransUNet(nn.Module):
         return self.head(self.decoder[-1](x, stem_full))
 
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, List[torch.Tensor]]:
-        size = x.shape[2:]
+        size = list(x.shape[2:])
+        m = self.size_multiple
         pad: List[int] = []
         for s in reversed(size):
-            pad += [0, (self.size_multiple - s % self.size_multiple) % self.size_multiple]
-        if sum(pad):
+            pad += [0, (s + m - 1) // m * m - s]  # ceiling division: exportable with symbolic sizes
+        if is_compiling() or sum(pad) > 0:
             x = F.pad(x, pad)
         skips = self._skips(x)
         stem_full = self.stem_full(x)
