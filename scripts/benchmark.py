@@ -67,7 +67,14 @@ class NaiveTransformer(nn.Module):
     def __init__(self, dim: int, heads: int, dim_head: int, mlp_dim: int) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            [nn.ModuleList([NaivePreNorm(dim, NaiveAttention(dim, heads, dim_head)), NaivePreNorm(dim, NaiveFeedForward(dim, mlp_dim))])]
+            [
+                nn.ModuleList(
+                    [
+                        NaivePreNorm(dim, NaiveAttention(dim, heads, dim_head)),
+                        NaivePreNorm(dim, NaiveFeedForward(dim, mlp_dim)),
+                    ]
+                )
+            ]
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -189,8 +196,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--authors-code", default=None, help="folder with the authors' code made runnable on CPU")
-    parser.add_argument("--naive-max-side", type=int, default=88, help="largest token grid for the naive TIF "
-                        "(at 128 x 128 it needs about 19 GB)")
+    parser.add_argument(
+        "--naive-max-side",
+        type=int,
+        default=88,
+        help="largest token grid for the naive TIF " "(at 128 x 128 it needs about 19 GB)",
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -259,7 +270,13 @@ def main() -> None:
     if not args.quick:
         models.append(("DSTransUNet `base`, use_checkpoint", dict(kind="ds", preset="base", checkpoint=True), [512]))
     if args.authors_code:
-        models.append(("authors' `UNet(128, 1)`", dict(kind="authors", authors_code=os.path.abspath(args.authors_code)), [256, 512]))
+        models.append(
+            (
+                "authors' `UNet(128, 1)`",
+                dict(kind="authors", authors_code=os.path.abspath(args.authors_code)),
+                [256, 512],
+            )
+        )
     for label, spec, sizes in models:
         for size in sizes:
             fwd = measure(dict(common, **spec, mode="forward", size=size, flops=True), {})
@@ -288,7 +305,9 @@ def main() -> None:
         steps = [("DSTransUNet `base`", dict(kind="ds", preset="base")),
                  ("DSTransUNet `base`, use_checkpoint", dict(kind="ds", preset="base", checkpoint=True))]  # fmt: skip
         if args.authors_code:
-            steps.append(("authors' `UNet(128, 1)`", dict(kind="authors", authors_code=os.path.abspath(args.authors_code))))
+            steps.append(
+                ("authors' `UNet(128, 1)`", dict(kind="authors", authors_code=os.path.abspath(args.authors_code)))
+            )
         for label, spec in steps:
             case = dict(common, **spec, mode="train", size=512, repeats=1)
             plain, lean = measure(case, {}), measure(case, lean_env)

@@ -193,7 +193,11 @@ def write_table(results: List[Dict[str, Any]], output: str, command: str, minute
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        size = f"{r['image_size'][0]} px whole" if r["image_size"] else f"{r['roi_size'][0]} px patches x{r['crops_per_image']}"
+        size = (
+            f"{r['image_size'][0]} px whole"
+            if r["image_size"]
+            else f"{r['roi_size'][0]} px patches x{r['crops_per_image']}"
+        )
         lines.append(
             f"| {r['network']} | {r['seed']} | {r['params_m']:.2f} | {size}, {r['batch_size']}, {r['max_epochs']} "
             f"| {r['test_dice']:.4f} | {r['test_iou']:.4f} | {r['test_hd95']:.1f} | {r['best_val_dice']:.4f} "
@@ -210,11 +214,17 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--datalist", default=DEFAULT_DATALIST, help="a MONAI datalist (training / validation / test)")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override every row's seeds")
-    parser.add_argument("--budget-minutes", type=float, default=12, help="training time per network (--time_budget_minutes)")
+    parser.add_argument(
+        "--budget-minutes", type=float, default=12, help="training time per network (--time_budget_minutes)"
+    )
     parser.add_argument("--work", default=os.path.join(REPO, "runs", "compare"), help="one folder per row and seed")
-    parser.add_argument("--output", default=os.path.join(REPO, "docs"), help="where results.json, the table and figures go")
+    parser.add_argument(
+        "--output", default=os.path.join(REPO, "docs"), help="where results.json, the table and figures go"
+    )
     parser.add_argument("--grid-images", type=int, default=4)
-    parser.add_argument("--report-only", action="store_true", help="rebuild the table and figures from the finished rows; train nothing")
+    parser.add_argument(
+        "--report-only", action="store_true", help="rebuild the table and figures from the finished rows; train nothing"
+    )
     args = parser.parse_args(argv)
     if not os.path.isfile(args.datalist):
         sys.exit(f"compare_networks: no datalist at {args.datalist} (give --datalist)")
@@ -229,7 +239,9 @@ def main(argv: Optional[List[str]] = None) -> None:
                     with open(done) as f:
                         results.append(json.load(f))
                 continue
-            print(f"{ROWS[key][0]}, seed {seed}: training ({args.budget_minutes:g} min budget) and evaluating", flush=True)
+            print(
+                f"{ROWS[key][0]}, seed {seed}: training ({args.budget_minutes:g} min budget) and evaluating", flush=True
+            )
             results.append(run_row(key, seed, args))
             r = results[-1]
             print(f"  test Dice {r['test_dice']:.4f} IoU {r['test_iou']:.4f} HD95 {r['test_hd95']:.1f}", flush=True)

@@ -114,15 +114,22 @@ def run(name: str, images: int, size: int, data, seed: int) -> dict:
         return float(loss)
 
     total = max(10, images // batch)
-    scheduler = WarmupCosineSchedule(optimizer, warmup_steps=max(1, total // 20), t_total=total, end_lr=settings["lr"] * 0.01)
+    scheduler = WarmupCosineSchedule(
+        optimizer, warmup_steps=max(1, total // 20), t_total=total, end_lr=settings["lr"] * 0.01
+    )
     curve, losses = [], []
     begin = time.perf_counter()
     for index in range(total):
         losses.append(step())
         scheduler.step()
         if (index + 1) % max(1, total // 4) == 0 or index + 1 == total:
-            curve.append({"step": index + 1, "val_dice": round(dice(net, val_x, val_y), 4),
-                          "loss": round(float(np.mean(losses[-50:])), 4)})
+            curve.append(
+                {
+                    "step": index + 1,
+                    "val_dice": round(dice(net, val_x, val_y), 4),
+                    "loss": round(float(np.mean(losses[-50:])), 4),
+                }
+            )
             print(name, curve[-1], flush=True)
     return {
         "variant": name,
@@ -151,10 +158,14 @@ def main() -> None:
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.is_file() else {}
     for name in args.variants:
-        results[f"{name}@{args.size}/{args.images}img/seed{args.seed}"] = run(name, args.images, args.size, data, args.seed)
+        results[f"{name}@{args.size}/{args.images}img/seed{args.seed}"] = run(
+            name, args.images, args.size, data, args.seed
+        )
         out.write_text(json.dumps(results, indent=1))
     for key, value in results.items():
-        print(f"{key:40s} {value['seconds_per_step']:.2f} s/step {value['steps']:5d} steps  val Dice {value['val_dice']:.4f}")
+        print(
+            f"{key:40s} {value['seconds_per_step']:.2f} s/step {value['steps']:5d} steps  val Dice {value['val_dice']:.4f}"
+        )
 
 
 if __name__ == "__main__":

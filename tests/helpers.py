@@ -17,7 +17,18 @@ SHARED = Path(os.environ.get("DS_TRANSUNET_DATA", REPO.parent / "shared" / "data
 SCHEMA = SHARED / "monai" / "meta_schema_20240725.json"
 
 # tiny and quick: 12 demo pairs (10 train, 1 validation, 1 test), 64-pixel crops
-SMALL = ["--demo_count", "12", "--roi_size", "[64, 64]", "--batch_size", "4", "--crops_per_image", "2", "--val_interval", "1"]
+SMALL = [
+    "--demo_count",
+    "12",
+    "--roi_size",
+    "[64, 64]",
+    "--batch_size",
+    "4",
+    "--crops_per_image",
+    "2",
+    "--val_interval",
+    "1",
+]
 
 
 def cli_env() -> dict:

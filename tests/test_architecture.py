@@ -43,4 +43,6 @@ def test_each_part_imports_only_what_it_may(path):
     for module in imports(path):
         if module == "bundle" or module.startswith("bundle."):
             target = part_of(module)
-            assert target == part or target in ALLOWED[part], f"{relative} imports {module}: {part} may not import {target}"
+            assert (
+                target == part or target in ALLOWED[part]
+            ), f"{relative} imports {module}: {part} may not import {target}"

@@ -253,7 +253,9 @@ def test_wrong_channel_count_for_the_network(tmp_path):
 
 def test_evaluation_needs_labelled_split(tmp_path):
     root = _write_dataset(tmp_path / "d", n=2)
-    (root / "list.json").write_text(json.dumps({"training": [{"image": "images/case0.png", "label": "masks/case0.png"}]}))
+    (root / "list.json").write_text(
+        json.dumps({"training": [{"image": "images/case0.png", "label": "masks/case0.png"}]})
+    )
     with pytest.raises(BundleInputError, match="no 'test' entries"):
         prepare_evaluation_datalist(datalist=root / "list.json", split="test")
     assert len(prepare_evaluation_datalist(datalist=root / "list.json", split="training")) == 1
@@ -284,7 +286,12 @@ def test_wrapped_input_errors_are_found():
 def _run_bundle(args, cwd, timeout=300):
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     return subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "monai.bundle", "run", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -318,6 +325,22 @@ def test_command_line_reports_bad_input_in_one_line(tmp_path, case):
     assert re.search(expected, errors[0]), errors[0]
     assert saved.read_bytes() == b"an earlier model"
     assert not (saved.parent / "checkpoint.pt").exists()
+
+
+def test_onnx_inference_without_an_onnx_model_is_one_error_naming_the_file(tmp_path):
+    """configs/inference_onnx.yaml over inference.yaml, in a run folder with no models/model.onnx."""
+    pytest.importorskip("onnxruntime")
+    _write_dataset(tmp_path / "data", n=1)
+    configs = json.dumps([str(REPO / "configs" / "inference.yaml"), str(REPO / "configs" / "inference_onnx.yaml")])
+    result = _run_bundle(
+        ["--config_file", configs, "--bundle_root", str(tmp_path / "run"), "--inputs", str(tmp_path / "data" / "images"),
+         "--output_dir", str(tmp_path / "out")],
+        cwd=tmp_path,
+    )  # fmt: skip
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR:")]
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert len(errors) == 1 and f"no ONNX model at {tmp_path / 'run' / 'models' / 'model.onnx'}" in errors[0], errors
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 # ---- real data (skipped where ../shared/data is absent) ----------------------------------------

@@ -9,7 +9,9 @@ from bundle.networks import DSTransUNet, convert_authors_state_dict
 
 
 def _zero_drop_path(**kwargs):
-    return DSTransUNet(preset="tiny", drop_path_rate=0.0, coarse_drop_path_rate=0.0, decoder_drop_path_rate=0.0, **kwargs)
+    return DSTransUNet(
+        preset="tiny", drop_path_rate=0.0, coarse_drop_path_rate=0.0, decoder_drop_path_rate=0.0, **kwargs
+    )
 
 
 @pytest.mark.parametrize(
@@ -36,8 +38,13 @@ def test_deep_supervision_in_training_only():
 
 
 def test_aux_heads_have_no_relu_unless_asked():
-    assert not any(isinstance(m, torch.nn.ReLU) for m in DSTransUNet(preset="tiny", deep_supervision=True).aux_heads.modules())
-    assert any(isinstance(m, torch.nn.ReLU) for m in DSTransUNet(preset="tiny", deep_supervision=True, aux_relu=True).aux_heads.modules())
+    assert not any(
+        isinstance(m, torch.nn.ReLU) for m in DSTransUNet(preset="tiny", deep_supervision=True).aux_heads.modules()
+    )
+    assert any(
+        isinstance(m, torch.nn.ReLU)
+        for m in DSTransUNet(preset="tiny", deep_supervision=True, aux_relu=True).aux_heads.modules()
+    )
 
 
 @pytest.mark.parametrize("use_checkpoint", [False, True])
@@ -65,7 +72,8 @@ def test_checkpointing_changes_nothing_but_memory():
 
 
 @pytest.mark.parametrize(
-    "variant", [dict(dual_scale=False), dict(fusion="concat"), dict(decoder="conv"), dict(dual_scale=False, decoder="conv")]
+    "variant",
+    [dict(dual_scale=False), dict(fusion="concat"), dict(decoder="conv"), dict(dual_scale=False, decoder="conv")],
 )
 def test_ablation_variants(variant):
     model = DSTransUNet(preset="tiny", **variant).eval()
@@ -121,7 +129,9 @@ def test_from_authors_loads_strictly(authors_key_shapes, tmp_path):
     model = DSTransUNet.from_authors(state)  # strict: no missing or unexpected keys
     assert len(model.state_dict()) == 840
     torch.testing.assert_close(model.head.conv.weight, state["final.weight"])
-    torch.testing.assert_close(model.decoder[0].swin.blocks[1].mlp.linear2.weight, state["layer1.up.layer.blocks.1.mlp.fc2.weight"])
+    torch.testing.assert_close(
+        model.decoder[0].swin.blocks[1].mlp.linear2.weight, state["layer1.up.layer.blocks.1.mlp.fc2.weight"]
+    )
     torch.testing.assert_close(model.fusions[3].r_token_proj.weight, state["cross_att_4.linear_s.weight"])
     # a checkpoint file, wrapped and with DataParallel prefixes, works too
     path = tmp_path / "authors.pth"

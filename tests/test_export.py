@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -34,7 +35,10 @@ HIDE_REPO = (
 
 def monai_bundle_without_repo(args, cwd: Path) -> subprocess.CompletedProcess:
     """``python -m monai.bundle ARGS`` in ``cwd`` with the repository's code not importable."""
-    code = HIDE_REPO + "sys.argv = ['monai.bundle', *sys.argv[1:]]; runpy.run_module('monai.bundle', run_name='__main__', alter_sys=True)"
+    code = (
+        HIDE_REPO
+        + "sys.argv = ['monai.bundle', *sys.argv[1:]]; runpy.run_module('monai.bundle', run_name='__main__', alter_sys=True)"
+    )
     return run_command([sys.executable, "-c", code, *args], cwd)
 
 
@@ -44,12 +48,14 @@ def exported(tmp_path_factory):
     run = tmp_path_factory.mktemp("trained_run")
     settings = [*SMALL, "--max_epochs", "1"]  # training's settings, given again to the export
     # ImageNet intensities, as a run from ImageNet weights gets them: the export must carry them to inference
-    run_bundle(["training", "--config_file", "configs/train.yaml", "--bundle_root", run, *settings, "--intensity", "imagenet"])
+    run_bundle(
+        ["training", "--config_file", "configs/train.yaml", "--bundle_root", run, *settings, "--intensity", "imagenet"]
+    )
     run_bundle(["--config_file", "configs/evaluate.yaml", "--bundle_root", run])
     out = tmp_path_factory.mktemp("dist")
     onnx = ["--onnx"] if all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime")) else []
     result = run_command([sys.executable, "-m", "bundle.export", "--name", NAME, "--bundle_root", run, "--output", out,
-                          *onnx, *settings], cwd=run)  # fmt: skip
+                          *onnx, *settings], cwd=run, timeout=1200)  # fmt: skip
     return run, out / NAME, out / f"{NAME}_v0.1.0.zip", result
 
 
@@ -72,7 +78,12 @@ def test_the_bundle_has_the_zoo_layout(exported):
     train = json.loads((bundle / "configs" / "train.json").read_text())
     assert train["max_epochs"] == 1 and train["demo_count"] == 12  # the settings the model was trained with
     # the run's plan as plain values: a zoo bundle has no runs/train/plan.json to read its scale from
-    assert (train["image_size"], train["roi_size"], train["batch_size"], train["crops_per_image"]) == (None, [64, 64], 4, 2)
+    assert (train["image_size"], train["roi_size"], train["batch_size"], train["crops_per_image"]) == (
+        None,
+        [64, 64],
+        4,
+        2,
+    )
     evaluate = json.loads((bundle / "configs" / "evaluate.json").read_text())
     for config in (inference, evaluate):
         assert (config["image_size"], config["roi_size"]) == (None, [64, 64])
@@ -82,7 +93,9 @@ def test_the_bundle_has_the_zoo_layout(exported):
     assert isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())  # weights only
 
     large = yaml.safe_load((bundle / "large_files.yml").read_text())["large_files"]
-    expected = sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.stat().st_size > LARGE_FILE_BYTES)
+    expected = sorted(
+        p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.stat().st_size > LARGE_FILE_BYTES
+    )
     assert sorted(f["path"] for f in large) == expected and "models/model.pt" in expected
     for entry in large:
         assert entry["hash_val"] == _md5(bundle / entry["path"]) and entry["hash_type"] == "md5"
@@ -115,7 +128,8 @@ def test_metadata_is_valid_with_installable_pins(exported, tmp_path):
     assert meta["eval_metrics"]["best_val_mean_dice"] >= 0.0
     local_schema = local_metadata_schema(tmp_path)
     result = monai_bundle_without_repo(
-        ["verify_metadata", "--meta_file", bundle / "configs" / "metadata.json", "--filepath", local_schema], cwd=tmp_path
+        ["verify_metadata", "--meta_file", bundle / "configs" / "metadata.json", "--filepath", local_schema],
+        cwd=tmp_path,
     )
     assert "metadata is verified with no error" in result.stdout + result.stderr
 
@@ -188,7 +202,9 @@ def test_exported_inference_from_elsewhere_gives_the_repository_masks(exported, 
     images = _new_images(tmp_path / "new_images")
     inputs = json.dumps([str(p) for p in images])
     repo_out, zoo_out = tmp_path / "repo_masks", tmp_path / "zoo_masks"
-    run_bundle(["--config_file", "configs/inference.yaml", "--bundle_root", run, "--inputs", inputs, "--output_dir", repo_out])
+    run_bundle(
+        ["--config_file", "configs/inference.yaml", "--bundle_root", run, "--inputs", inputs, "--output_dir", repo_out]
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monai_bundle_without_repo(["run", "--config_file", bundle / "configs" / "inference.json", "--bundle_root", bundle,
@@ -222,20 +238,108 @@ with torch.no_grad():
     assert (tmp_path / "zoo" / NAME / "configs" / "inference.json").is_file()
 
 
-def test_onnx_copy_agrees_with_onnxruntime(exported):
+def test_onnx_model_takes_any_size_and_runs_the_inference_config(exported, tmp_path):
+    """Issue 11: ``models/model.onnx`` (MONAI's onnx_export, batch, height and width free) gives the PyTorch
+    network's logits at sizes that are not multiples of 64, and ``inference_onnx.json`` over ``inference.json``
+    writes the PyTorch masks."""
     onnxruntime = pytest.importorskip("onnxruntime")
-    _, bundle, _, _ = exported
+    run, bundle, _, result = exported
     if not (bundle / "models" / "model.onnx").is_file():
         pytest.skip("exported without --onnx: onnx or onnxscript is not installed")
+    assert "onnx 1x300x420 vs PyTorch: max abs difference" in result.stdout + result.stderr
     from bundle.networks import DSTransUNet
 
     network = DSTransUNet(2, 3, 1, preset="tiny", deep_supervision=True).eval()
     network.load_state_dict(torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True))
     session = onnxruntime.InferenceSession(str(bundle / "models" / "model.onnx"), providers=["CPUExecutionProvider"])
-    x = torch.rand(3, 3, 64, 64)  # a batch size the export never saw
-    (out,) = session.run(None, {"image": x.numpy()})
-    with torch.no_grad():
-        assert np.abs(out - network(x).numpy()).max() < 1e-4
+    for shape in ((1, 3, 300, 420), (1, 3, 64, 500), (3, 3, 97, 131)):
+        x = torch.rand(shape)
+        (out,) = session.run(None, {"image": x.numpy()})
+        with torch.no_grad():
+            assert out.shape == shape[:1] + (1,) + shape[2:] and np.abs(out - network(x).numpy()).max() <= 1e-4, shape
+
+    images = _new_images(tmp_path / "new_images")
+    inputs = json.dumps([str(p) for p in images])
+    torch_out, onnx_out = tmp_path / "torch_masks", tmp_path / "onnx_masks"
+    configs = json.dumps([str(bundle / "configs" / "inference.json"), str(bundle / "configs" / "inference_onnx.json")])
+    for config, out in ((str(bundle / "configs" / "inference.json"), torch_out), (configs, onnx_out)):
+        monai_bundle_without_repo(["run", "--config_file", config, "--bundle_root", bundle, "--inputs", inputs,
+                                   "--output_dir", out], cwd=tmp_path)  # fmt: skip
+    for path in images:
+        ours = np.asarray(Image.open(onnx_out / f"{path.stem}_mask.png"))
+        reference = np.asarray(Image.open(torch_out / f"{path.stem}_mask.png"))
+        assert ours.shape == reference.shape and (ours != reference).mean() < 1e-3  # logits agree to ~1e-5
+
+
+# Project-MONAI/model-zoo ci/bundle_custom_data.py entries this bundle needs, and why (docs/sharing.md):
+# torch.jit.script stops in MONAI's 2D PatchEmbed, so the zoo's verify_torchscript (ckpt_export without
+# tracing) cannot pass; the shipped models/model.ts is traced. Nothing else is excluded.
+ZOO_EXCLUSIONS = {"exclude_verify_torchscript_list": [NAME]}
+
+ZOO_FULL_MODE = """
+import json, os, sys
+import torch
+from monai.apps.utils import download_url
+from monai.bundle import ckpt_export, verify_metadata, verify_net_in_out
+from monai.bundle.config_parser import ConfigParser
+
+models_path, bundle, excluded = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+path = os.path.join(models_path, bundle)
+sys.path = [path] + sys.path  # as the zoo's verify() does
+# verify_bundle_directory: large files (present: their hash is checked, nothing is fetched) ...
+parser = ConfigParser()
+parser.read_config(os.path.join(path, "large_files.yml"))
+for entry in parser.get()["large_files"]:
+    entry = dict(entry, fuzzy=True, filepath=os.path.join(path, entry.pop("path")))
+    download_url(**entry)
+# ... the necessary and the preferred files
+for file in ("configs/metadata.json", "LICENSE", "models/model.pt", "configs/inference.json"):
+    assert os.path.exists(os.path.join(path, file)), file
+# verify_version_changes
+meta = json.load(open(os.path.join(path, "configs/metadata.json")))
+assert meta["version"] in meta["changelog"]
+assert f"{bundle}_v{meta['version']}" not in json.load(open(os.path.join(models_path, "model_info.json")))
+# verify_metadata_format (the zoo downloads the schema to eval/schema.json; here it is already there)
+verify_metadata(meta_file=os.path.join(path, "configs/metadata.json"), filepath=os.path.join(path, "eval/schema.json"))
+assert "supported_apps" not in meta  # so the zoo checks no app properties
+# verify_data_shape
+verify_net_in_out(net_id="network_def", meta_file=os.path.join(path, "configs/metadata.json"),
+                  config_file=os.path.join(path, "configs/inference.json"), bundle_root=path)
+# verify_torchscript: ckpt_export without tracing, i.e. torch.jit.script
+try:
+    ckpt_export(net_id="network_def", filepath=os.path.join(path, "models/verify_model.ts"),
+                ckpt_file=os.path.join(path, "models/model.pt"), meta_file=os.path.join(path, "configs/metadata.json"),
+                config_file=os.path.join(path, "configs/inference.json"), bundle_root=path)
+    scripted = "yes"
+except Exception as e:
+    scripted = f"no: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+print("SCRIPTED", scripted)
+if bundle not in excluded.get("exclude_verify_torchscript_list", []):
+    assert scripted == "yes", scripted
+torch.jit.load(os.path.join(path, "models/model.ts"))
+print("ZOO FULL MODE PASSED")
+"""
+
+
+def test_model_zoo_full_mode_checks_pass_with_one_named_exclusion(exported, tmp_path):
+    """The model zoo's ci/verify_bundle.py in full mode, step by step with MONAI's functions, on the export put
+    into a zoo checkout's layout, in a process without this repository; the one exclusion is ZOO_EXCLUSIONS."""
+    _, bundle, _, _ = exported
+    models = tmp_path / "models"
+    shutil.copytree(bundle, models / NAME)
+    (models / "model_info.json").write_text("{}")
+    (models / NAME / "eval").mkdir()
+    local_metadata_schema(models / NAME / "eval")
+    result = run_command(
+        [sys.executable, "-c", HIDE_REPO + f"exec({ZOO_FULL_MODE!r})", models, NAME, json.dumps(ZOO_EXCLUSIONS)],
+        tmp_path,
+    )
+    output = result.stdout + result.stderr
+    assert "ZOO FULL MODE PASSED" in output and "data shape of network is verified with no error" in output
+    # the exclusion is still needed, for the reason docs/sharing.md gives; drop it when scripting works
+    scripted = next(line for line in output.splitlines() if line.startswith("SCRIPTED"))
+    assert scripted.startswith("SCRIPTED no:"), scripted
+    assert list(ZOO_EXCLUSIONS) == ["exclude_verify_torchscript_list"]
 
 
 def test_bad_export_requests_are_one_clear_error_and_keep_the_earlier_export(exported, capsys, tmp_path):

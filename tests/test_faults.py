@@ -112,7 +112,9 @@ def test_resume_with_other_data_or_settings_is_refused(finished_run, tmp_path):
     assert "--resume true" in error and "demo data" in error and str(other.resolve()) in error
     error = failing_bundle(train_args(finished_run, "--resume", "true", "--preset", "small", "--max_epochs", "2"))
     assert "preset 'tiny' (now 'small')" in error
-    error = failing_bundle(train_args(finished_run, "--resume", "true", "--image_size", "[128, 128]", "--max_epochs", "2"))
+    error = failing_bundle(
+        train_args(finished_run, "--resume", "true", "--image_size", "[128, 128]", "--max_epochs", "2")
+    )
     assert "image_size None (now [128, 128])" in error
 
 
@@ -142,8 +144,10 @@ def test_a_second_run_in_a_folder_stops_at_once_naming_the_first(finished_run, t
 
 BAD_SETTINGS = [
     (["--max_epoch", "1"], "--max_epoch is not a setting of configs/train.yaml; did you mean --max_epochs?"),
-    (["--train#dataloader#num_worker", "2"],
-     "--train#dataloader#num_worker is not a setting of configs/train.yaml; did you mean --train#dataloader#num_workers?"),
+    (
+        ["--train#dataloader#num_worker", "2"],
+        "--train#dataloader#num_worker is not a setting of configs/train.yaml; did you mean --train#dataloader#num_workers?",
+    ),
     (["--batch_size", "0"], "--batch_size 0: give auto or a whole number of at least 1."),
     (["--learning_rate", "abc"], "--learning_rate 'abc': give a number above 0."),
     (["--preset", "huge"], "--preset 'huge': give one of base, small, tiny."),
@@ -164,7 +168,14 @@ def test_bad_settings_are_one_line_each(args, message):
 
     from bundle.workflows.settings import check_command_line_ids, check_training_settings
 
-    argv = [str(REPO / ".venv/lib/monai/bundle/__main__.py"), "run", "training", "--config_file", "configs/train.yaml", *args]
+    argv = [
+        str(REPO / ".venv/lib/monai/bundle/__main__.py"),
+        "run",
+        "training",
+        "--config_file",
+        "configs/train.yaml",
+        *args,
+    ]
     cwd = os.getcwd()
     os.chdir(REPO)
     try:
@@ -219,7 +230,9 @@ def test_inference_inputs_missing_or_empty_are_named_and_the_rest_run(tmp_path):
     with pytest.raises(BundleInputError, match=f"no image files in the inference folder {tmp_path / 'empty'}"):
         prepare_inference_datalist(tmp_path / "empty")
     data = write_pairs(tmp_path / "d", [blob()] * 2)
-    items = prepare_inference_datalist([str(data / "images" / "c0.png"), str(tmp_path / "gone.png"), str(data / "images" / "c1.png")])
+    items = prepare_inference_datalist(
+        [str(data / "images" / "c0.png"), str(tmp_path / "gone.png"), str(data / "images" / "c1.png")]
+    )
     assert [i["name"] for i in items] == ["c0", "c1"]  # the missing one skipped, the rest run
     with pytest.raises(BundleInputError, match="no readable image among the 2 inference inputs"):
         prepare_inference_datalist([str(tmp_path / "gone.png"), str(tmp_path / "gone2.png")])

@@ -106,7 +106,13 @@ def test_demo_plan_is_fixed_and_fast(tmp_path):
 
 @pytest.mark.parametrize(
     "setting, value",
-    [("batch_size", 0), ("max_epochs", "abc"), ("image_size", [0, 10]), ("roi_size", None), ("time_budget_minutes", -1)],
+    [
+        ("batch_size", 0),
+        ("max_epochs", "abc"),
+        ("image_size", [0, 10]),
+        ("roi_size", None),
+        ("time_budget_minutes", -1),
+    ],
 )
 def test_bad_settings_are_one_clear_error(tmp_path, setting, value):
     with pytest.raises(BundleInputError, match=setting):

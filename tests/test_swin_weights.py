@@ -92,7 +92,9 @@ def to_microsoft(hf: dict, n_stages: int, window: int) -> dict:
                 sd[f"{m}norm2.{kind}"] = hf[f"{h}layernorm_after.{kind}"]
                 sd[f"{m}mlp.fc1.{kind}"] = hf[f"{h}mlp.fc1.{kind}"]
                 sd[f"{m}mlp.fc2.{kind}"] = hf[f"{h}mlp.fc2.{kind}"]
-            sd[f"{m}attn.relative_position_bias_table"] = hf[f"{h}attention.relative_position_bias.relative_position_bias_table"]
+            sd[f"{m}attn.relative_position_bias_table"] = hf[
+                f"{h}attention.relative_position_bias.relative_position_bias_table"
+            ]
             sd[f"{m}attn.relative_position_index"] = torch.randint(0, 100, (window**2, window**2))
             if j % 2:
                 sd[f"{m}attn_mask"] = torch.zeros(4, window**2, window**2)
@@ -223,7 +225,10 @@ def test_coarse_branch_gives_swin_t_outputs_on_the_half_scale_image(swin_t, layo
 def test_base_preset_loads_the_papers_checkpoints_as_the_authors_do(swin_b, swin_t, tmp_path):
     """preset base (window 7 in both branches): Swin-B's window-12 bias tables resized bicubically, as the
     authors' load_pretrained does; checked against a window-7 Swin-B given the directly resized tables."""
-    fine_file, coarse_file = tmp_path / "swin_base_patch4_window12_384_22k.pth", tmp_path / "swin_tiny_patch4_window7_224.pth"
+    fine_file, coarse_file = (
+        tmp_path / "swin_base_patch4_window12_384_22k.pth",
+        tmp_path / "swin_tiny_patch4_window7_224.pth",
+    )
     torch.save(to_microsoft(swin_b.state_dict(), 4, 12), fine_file)
     torch.save(to_microsoft(swin_t.state_dict(), 4, 7), coarse_file)
     model = DSTransUNet(preset="base", fine_weights=fine_file, coarse_weights=coarse_file).eval()
@@ -238,7 +243,9 @@ def test_base_preset_loads_the_papers_checkpoints_as_the_authors_do(swin_b, swin
     x = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(2))  # last stage 8 > 7
     assert max_difference(our_stage_outputs(model.fine_branch, x), hf_stage_outputs(window7, x)) <= 1e-5
     x = torch.randn(1, 3, 512, 512, generator=torch.Generator().manual_seed(2))  # the coarse branch's last stage: 8
-    assert max_difference(our_stage_outputs(model.coarse_branch, x), hf_stage_outputs(swin_t, F.avg_pool2d(x, 2))) <= 1e-5
+    assert (
+        max_difference(our_stage_outputs(model.coarse_branch, x), hf_stage_outputs(swin_t, F.avg_pool2d(x, 2))) <= 1e-5
+    )
 
     # the authors leave the coarse patch embedding (a shape mismatch for them) at its initial values
     authors = coarse_branch()
@@ -303,11 +310,17 @@ def test_refusals_name_the_file_layout_and_first_mismatch(swin_t, tmp_path):
     with pytest.raises(SwinWeightsError, match=r"Swin V2 .*logit_scale.*cosine attention"):
         load_swin_weights(coarse_branch(), v2)
     tiny = SwinBranch(2, 3, 32, (2, 2, 2, 2), (1, 2, 4, 8), 4)
-    with pytest.raises(SwinWeightsError, match=r"swin_tiny_patch4_window7_224\.pth \(Microsoft .* layout\) .*2-2-6-2 in the file, 2-2-2-2"):
+    with pytest.raises(
+        SwinWeightsError,
+        match=r"swin_tiny_patch4_window7_224\.pth \(Microsoft .* layout\) .*2-2-6-2 in the file, 2-2-2-2",
+    ):
         load_swin_weights(tiny, swin_t_file)
     narrow = SwinBranch(2, 3, 64, (2, 2, 6, 2), (2, 4, 8, 16), 4)
-    with pytest.raises(SwinWeightsError, match=r"swin_tiny_patch4_window7_224\.pth .*patch_embed\.proj\.weight has "
-                                               r"shape \(96, 3, 4, 4\) in the file, patch_embed\.proj\.weight \(64, 3, 4, 4\)"):
+    with pytest.raises(
+        SwinWeightsError,
+        match=r"swin_tiny_patch4_window7_224\.pth .*patch_embed\.proj\.weight has "
+        r"shape \(96, 3, 4, 4\) in the file, patch_embed\.proj\.weight \(64, 3, 4, 4\)",
+    ):
         load_swin_weights(narrow, swin_t_file)
     with pytest.raises(TypeError, match="SwinBranch"):
         load_swin_weights(torch.nn.Linear(2, 2), swin_t_file)
@@ -332,7 +345,11 @@ def test_training_with_imagenet_weights_through_the_bundle(swin_b, swin_t, tmp_p
     for i in range(8):
         mask = np.zeros((64, 64), np.uint8)
         mask[10 + i : 40 + i, 12:44] = 255
-        image = np.clip(np.stack([mask * 0.6 + 40, 200 - mask * 0.3, np.full_like(mask, 90)], -1) + rng.randint(0, 40, (64, 64, 3)), 0, 255)
+        image = np.clip(
+            np.stack([mask * 0.6 + 40, 200 - mask * 0.3, np.full_like(mask, 90)], -1) + rng.randint(0, 40, (64, 64, 3)),
+            0,
+            255,
+        )
         Image.fromarray(image.astype(np.uint8)).save(data / "images" / f"p{i}.png")
         Image.fromarray(mask).save(data / "masks" / f"p{i}.png")
     root = tmp_path / "run"

@@ -67,10 +67,12 @@ def test_sum_output_resamples_and_projects_r_onto_e():
 
 def test_authors_cross_att_weights_load(authors_key_shapes):
     prefix = "cross_att_2."
-    state = {k[len(prefix):]: torch.randn(s) for k, s in authors_key_shapes if k.startswith(prefix)}
+    state = {k[len(prefix) :]: torch.randn(s) for k, s in authors_key_shapes if k.startswith(prefix)}
     tif = TIF(192, 256, output="pair")
     tif.load_state_dict(state, strict=True)
-    torch.testing.assert_close(tif.e_transformer.layers[0].attn.qkv.weight, state["transformer_l.layers.0.0.fn.to_qkv.weight"])
+    torch.testing.assert_close(
+        tif.e_transformer.layers[0].attn.qkv.weight, state["transformer_l.layers.0.0.fn.to_qkv.weight"]
+    )
 
 
 def test_single_square_head_has_no_output_projection(benchmark_module):
@@ -81,7 +83,18 @@ def test_single_square_head_has_no_output_projection(benchmark_module):
 
 
 def test_arguments_are_honoured():
-    tif = TIF(64, 64, coarse_heads=4, coarse_head_dim=16, coarse_mlp_dim=32, fine_heads=2, fine_head_dim=8, fine_mlp_dim=40, depth=2, dropout=0.1)
+    tif = TIF(
+        64,
+        64,
+        coarse_heads=4,
+        coarse_head_dim=16,
+        coarse_mlp_dim=32,
+        fine_heads=2,
+        fine_head_dim=8,
+        fine_mlp_dim=40,
+        depth=2,
+        dropout=0.1,
+    )
     assert len(tif.r_transformer.layers) == 2
     assert tif.r_transformer.layers[0].attn.qkv.out_features == 3 * 4 * 16
     assert tif.e_transformer.layers[1].mlp.linear1.out_features == 40

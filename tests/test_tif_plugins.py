@@ -39,10 +39,16 @@ def test_swin_unetr_tif_loads_plain_weights(spatial_dims):
     tif = SwinUNETRTIF(**kwargs, tif_levels=(2, 3, 4))
     report = tif.load_state_dict(plain.state_dict(), strict=False)
     assert not report.unexpected_keys
-    assert report.missing_keys and all(k.startswith(("swinViT.coarse.", "swinViT.fusions.")) for k in report.missing_keys)
-    torch.testing.assert_close(tif.swinViT.fine.layers1[0].blocks[0].attn.qkv.weight, plain.swinViT.layers1[0].blocks[0].attn.qkv.weight)
+    assert report.missing_keys and all(
+        k.startswith(("swinViT.coarse.", "swinViT.fusions.")) for k in report.missing_keys
+    )
+    torch.testing.assert_close(
+        tif.swinViT.fine.layers1[0].blocks[0].attn.qkv.weight, plain.swinViT.layers1[0].blocks[0].attn.qkv.weight
+    )
     tif.init_coarse_from_fine()
-    torch.testing.assert_close(tif.swinViT.coarse.layers1[0].blocks[0].attn.qkv.weight, plain.swinViT.layers1[0].blocks[0].attn.qkv.weight)
+    torch.testing.assert_close(
+        tif.swinViT.coarse.layers1[0].blocks[0].attn.qkv.weight, plain.swinViT.layers1[0].blocks[0].attn.qkv.weight
+    )
     x = torch.rand(1, 1, *([64] * spatial_dims))
     assert tif(x).shape == (1, 3) + (64,) * spatial_dims
 
@@ -52,13 +58,19 @@ def test_swin_unetr_tif_load_from_takes_monai_pretrained_swin_weights():
     fills both encoders, as it fills a plain SwinUNETR's."""
     kwargs = dict(in_channels=1, out_channels=2, feature_size=12, spatial_dims=2)
     pretrained = SwinUNETR(**kwargs).swinViT
-    weights = {"state_dict": {"module." + k.replace("mlp.linear", "mlp.fc"): v for k, v in pretrained.state_dict().items()}}
+    weights = {
+        "state_dict": {"module." + k.replace("mlp.linear", "mlp.fc"): v for k, v in pretrained.state_dict().items()}
+    }
     SwinUNETR(**kwargs).load_from(weights)  # the layout MONAI's own loader reads
     tif = SwinUNETRTIF(**kwargs)
     tif.load_from(weights)
     for encoder in (tif.swinViT.fine, tif.swinViT.coarse):
-        torch.testing.assert_close(encoder.layers3[0].blocks[1].attn.qkv.weight, pretrained.layers3[0].blocks[1].attn.qkv.weight)
-        torch.testing.assert_close(encoder.layers2[0].downsample.reduction.weight, pretrained.layers2[0].downsample.reduction.weight)
+        torch.testing.assert_close(
+            encoder.layers3[0].blocks[1].attn.qkv.weight, pretrained.layers3[0].blocks[1].attn.qkv.weight
+        )
+        torch.testing.assert_close(
+            encoder.layers2[0].downsample.reduction.weight, pretrained.layers2[0].downsample.reduction.weight
+        )
     torch.testing.assert_close(tif.swinViT.fine.patch_embed.proj.weight, pretrained.patch_embed.proj.weight)
 
 
@@ -87,7 +99,9 @@ def test_comparison_script_runs_on_kvasir(kvasir_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = (tmp_path / "out" / "results_table.md").read_text()
     assert "| UNet+TIF | 0 |" in table
-    assert all((tmp_path / "out" / f).is_file() for f in ("results_dice.png", "results_curves.png", "results_predictions.png"))
+    assert all(
+        (tmp_path / "out" / f).is_file() for f in ("results_dice.png", "results_curves.png", "results_predictions.png")
+    )
     row = json.loads((tmp_path / "work" / "unet_tif_seed0" / "result.json").read_text())
     assert 0.0 <= row["test_dice"] <= 1.0 and row["image_size"] and len(row["test_overlays"]) == 2
 

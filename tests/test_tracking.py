@@ -68,8 +68,15 @@ def test_a_failing_run_is_marked_failed_not_left_running(tmp_path):
     uri = f"sqlite:///{tmp_path / 'tracking.db'}"
     engine = Engine(step)
     MLFlowHandler(tracking_uri=uri, experiment_name="failing", iteration_log=False).attach(engine)
-    plan = SimpleNamespace(image_size=None, roi_size=[64, 64], batch_size=2, crops_per_image=1, intensity="minmax",
-                           time_budget_minutes=None, settings={"preset": "tiny"})
+    plan = SimpleNamespace(
+        image_size=None,
+        roi_size=[64, 64],
+        batch_size=2,
+        crops_per_image=1,
+        intensity="minmax",
+        time_budget_minutes=None,
+        settings={"preset": "tiny"},
+    )
     TrackingRecord(plan, tmp_path / "models", tmp_path / "runs").attach(engine)
     StatsHandler(iteration_log=False).attach(engine)  # re-raises, as in the bundle's trainer
     with pytest.raises(RuntimeError, match="disk full"):

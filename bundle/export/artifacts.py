@@ -100,33 +100,57 @@ def _compare_torchscript(root: Path, network: torch.nn.Module, net: Dict[str, An
         return float((scripted(x) - network.eval()(x)).abs().max())
 
 
-def export_onnx(root: Path, network: torch.nn.Module, net: Dict[str, Any]) -> float:
-    """``models/model.onnx`` (torch.onnx, dynamo exporter, batch size free); returns the max abs difference of
-    ONNX Runtime's output to PyTorch's on a batch of random tiles."""
+# the sizes the ONNX model is checked at after export (issue 11): not multiples of the window or of 64
+ONNX_CHECK_SHAPES = ((1, 300, 420), (1, 64, 500))
+
+
+def onnx_converter_kwargs() -> Dict[str, Any]:
+    """What MONAI's ``onnx_export`` passes to ``torch.onnx.export``: the dynamo exporter, batch, height and width free."""
+    axes = {0: "batch", 2: "height", 3: "width"}
+    return {
+        "dynamo": True,
+        "input_names": ["image"],
+        "output_names": ["pred"],
+        "dynamic_axes": {"image": axes, "pred": axes},
+    }
+
+
+def export_onnx(root: Path, network: torch.nn.Module, net: Dict[str, Any]) -> Dict[str, float]:
+    """``models/model.onnx`` through MONAI's ``onnx_export`` (the dynamo exporter) with batch, height and width
+    symbolic; returns the max abs difference of ONNX Runtime's output to PyTorch's at each checked size."""
     try:
         import onnxruntime
+        from monai.bundle import onnx_export
     except ImportError as e:
         raise BundleInputError(
             "--onnx needs onnx, onnxscript and onnxruntime: pip install onnx onnxscript onnxruntime"
         ) from e
     path = root / "models" / "model.onnx"
-    example = torch.rand(2, net["in_channels"], *net["inference_size"])
-    network = network.eval()
-    with torch.no_grad():
-        program = torch.onnx.export(
-            network,
-            (example,),
-            dynamo=True,
-            input_names=["image"],
-            output_names=["pred"],
-            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},),
+    c = net["in_channels"]
+    try:
+        onnx_export(
+            net_id="network_def",
+            filepath=str(path),
+            ckpt_file=str(root / "models" / "model.pt"),
+            meta_file=str(root / "configs" / "metadata.json"),
+            config_file=str(root / "configs" / "inference.json"),
+            bundle_root=str(root),
+            use_trace=True,  # MONAI's name for "let torch.onnx.export capture the graph" (here torch.export)
+            input_shape=[1, c, 128, 192],  # an example only: the sizes stay symbolic
+            converter_kwargs=onnx_converter_kwargs(),
         )
-    program.save(str(path))
-    x = torch.rand(4, net["in_channels"], *net["inference_size"], generator=torch.Generator().manual_seed(0))
+    except Exception as e:
+        raise BundleInputError(f"ONNX export of {net['class']} failed: {type(e).__name__}: {str(e)[:500]}") from e
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (out,) = session.run(None, {"image": x.numpy()})
-    with torch.no_grad():
-        return float((torch.from_numpy(out) - network(x)).abs().max())
+    network = network.eval()
+    generator = torch.Generator().manual_seed(0)
+    differences = {}
+    for batch, height, width in (*ONNX_CHECK_SHAPES, (2, *net["inference_size"])):
+        x = torch.rand(batch, c, height, width, generator=generator)
+        (out,) = session.run(None, {"image": x.numpy()})
+        with torch.no_grad():
+            differences[f"{batch}x{height}x{width}"] = float((torch.from_numpy(out) - network(x)).abs().max())
+    return differences
 
 
 def make_zip(root: Path, zip_path: Path) -> None:

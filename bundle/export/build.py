@@ -37,7 +37,7 @@ from bundle.export.artifacts import (
     write_large_files,
 )
 from bundle.export.configs import _json_text, apply_plan, merged_configs, zoo_config
-from bundle.export.constants import REPO_CONFIGS, WORKFLOW_CONFIGS
+from bundle.export.constants import ONNX_CONFIGS, REPO_CONFIGS, WORKFLOW_CONFIGS
 from bundle.export.metadata import _network_summary, build_metadata
 from bundle.export.model_card import build_readme
 from bundle.export.run_record import read_run
@@ -132,6 +132,8 @@ def export_bundle(
         (build / "models").mkdir()
         (build / "docs").mkdir()
         for config_name in WORKFLOW_CONFIGS:
+            if config_name in ONNX_CONFIGS and not onnx:
+                continue
             (build / "configs" / f"{config_name}.json").write_text(_json_text(zoo_config(configs[config_name])))
         shutil.copy(configs_dir / "logging.conf", build / "configs" / "logging.conf")
         base_meta = json.loads((configs_dir / "metadata.json").read_text())
@@ -142,7 +144,7 @@ def export_bundle(
         export_torchscript(build, net)
         checks = {"torchscript": _compare_torchscript(build, network, net)}
         if onnx:
-            checks["onnx"] = export_onnx(build, network, net)
+            checks.update({f"onnx {size}": value for size, value in export_onnx(build, network, net).items()})
         license_text = Path(__file__).resolve().parents[2] / "LICENSE"
         if not license_text.is_file():
             raise BundleInputError(f"no LICENSE at {license_text} (export from the repository checkout)")

@@ -172,7 +172,9 @@ class DSTransUNet(nn.Module):
     In training, cheap activations are recomputed in backward rather than stored (window
     attention, the pre-norm MLPs, the full-resolution conv stages); ``use_checkpoint`` recomputes
     everything else too. Export with ``torch.jit.trace`` (MONAI's ``PatchEmbed`` cannot be
-    scripted in 2D) or ``torch.onnx.export(..., dynamo=True)``, in eval mode under ``torch.no_grad()``.
+    scripted in 2D; the trace fixes the padding, so sides must be multiples of 64) or with
+    ``torch.export`` / ``torch.onnx.export(..., dynamo=True)``, which keep batch, height and width
+    symbolic (any size), in eval mode under ``torch.no_grad()``.
 
     Args:
         spatial_dims: 2, or 3 for volumes.
