@@ -166,7 +166,7 @@ def test_bad_settings_are_one_line_each(args, message):
 
     from monai.bundle import ConfigParser
 
-    from bundle.workflows.settings import check_command_line_ids, check_training_settings
+    from bundle.workflows.settings import check_command_line_ids
 
     argv = [
         str(REPO / ".venv/lib/monai/bundle/__main__.py"),

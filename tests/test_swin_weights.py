@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,7 +21,7 @@ transformers = pytest.importorskip("transformers", reason="Hugging Face transfor
 from bundle.networks import DSTransUNet, SwinUNETRTIF, SwinWeightsError, load_swin_weights  # noqa: E402
 from bundle.networks.blocks import SwinBranch  # noqa: E402
 from bundle.networks.swin_weights import adapt_input_channels, resample_patch_kernel, resize_bias_table  # noqa: E402
-from helpers import REPO, run_bundle, run_command  # noqa: E402
+from helpers import REPO, run_bundle  # noqa: E402
 
 SWIN_T = dict(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7)
 SWIN_B = dict(embed_dim=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32], window_size=12)

@@ -148,7 +148,6 @@ class SwinBlock(SwinTransformerBlock):
     def forward_part1(self, x: torch.Tensor, mask_matrix: Optional[torch.Tensor]) -> torch.Tensor:
         x = self.norm1(x)
         spatial = list(x.shape[1:-1])
-        c = x.shape[-1]
         # whole windows by ceiling division: an exporter with symbolic sizes then needs no divisibility proof
         padded: List[int] = [x.shape[0]] + [(s + w - 1) // w * w for s, w in zip(spatial, self.window_size)]
         pad: List[int] = [0, 0]
