@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import sys
 from types import TracebackType
-from typing import Optional, Type
+from typing import Type
 
 __all__ = ["BundleInputError", "find_input_error", "install_cli_error_hook"]
 
@@ -31,7 +31,7 @@ class BundleInputError(ValueError):
     """Bad user input (missing folder, unpaired or unreadable file, size or channel mismatch, bad setting)."""
 
 
-def find_input_error(exc: Optional[BaseException]) -> Optional[Exception]:
+def find_input_error(exc: BaseException | None) -> Exception | None:
     """The first input error in ``exc``'s cause/context chain, or ``None``: a :class:`BundleInputError`,
     or the networks' own (``SwinWeightsError``; ``bundle.networks`` imports nothing of the rest)."""
     from bundle.networks.swin_weights import SwinWeightsError
@@ -55,7 +55,7 @@ def install_cli_error_hook() -> bool:
     if getattr(previous, "_bundle_input_error_hook", False):
         return True
 
-    def hook(exc_type: Type[BaseException], exc: BaseException, tb: Optional[TracebackType]) -> None:
+    def hook(exc_type: Type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
         error = find_input_error(exc)
         if error is None:
             previous(exc_type, exc, tb)

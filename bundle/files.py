@@ -19,7 +19,7 @@ import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Iterator
 
 __all__ = ["atomic_write", "write_json_atomically", "temporary_name"]
 
@@ -31,7 +31,7 @@ def temporary_name(path: Path) -> Path:
 
 
 @contextmanager
-def atomic_write(path: Union[str, Path]) -> Iterator[Path]:
+def atomic_write(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path to write; when the block ends without error it replaces ``path``,
     otherwise it is removed and ``path`` is left as it was."""
     path = Path(path)
@@ -45,7 +45,7 @@ def atomic_write(path: Union[str, Path]) -> Iterator[Path]:
         raise
 
 
-def write_json_atomically(path: Union[str, Path], content: Any) -> None:
+def write_json_atomically(path: str | Path, content: Any) -> None:
     """``content`` as indented JSON at ``path``, written atomically."""
     with atomic_write(path) as tmp:
         tmp.write_text(json.dumps(content, indent=1))

@@ -28,7 +28,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATALIST = os.path.join(REPO, "..", "shared", "data", "kvasir-seg", "datalist_800_100_100.json")
@@ -209,7 +209,7 @@ def write_table(results: List[Dict[str, Any]], output: str, command: str, minute
     return table
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: List[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datalist", default=DEFAULT_DATALIST, help="a MONAI datalist (training / validation / test)")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))

@@ -26,7 +26,7 @@ import logging
 import random
 import re
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple, Union
 
 from bundle.data.demo import DEMO_NOTICE, make_demo_dataset
 from bundle.data.image_files import IMAGE_SUFFIXES, ImageInfo, read_array, read_info, split_name
@@ -229,7 +229,7 @@ def split_pairs(
     }
 
 
-def check_pairs(pairs: Iterable[Pair], in_channels: Optional[int] = None) -> Dict[str, ImageInfo]:
+def check_pairs(pairs: Iterable[Pair], in_channels: int | None = None) -> Dict[str, ImageInfo]:
     """Check from file headers that every image and mask can be read, that each mask has its
     image's size, and that images have ``in_channels`` channels. Returns image path -> info.
 
@@ -277,8 +277,8 @@ def _hw(info: ImageInfo) -> str:
 
 def prepare_training_datalist(
     output_dir: PathLike,
-    dataset_dir: Optional[PathLike] = None,
-    datalist: Optional[PathLike] = None,
+    dataset_dir: PathLike | None = None,
+    datalist: PathLike | None = None,
     in_channels: int = 3,
     image_pattern: str = "*",
     mask_pattern: str = "*",
@@ -286,7 +286,7 @@ def prepare_training_datalist(
     test_fraction: float = 0.1,
     split_seed: int = 0,
     resume: bool = False,
-    demo_dir: Optional[PathLike] = None,
+    demo_dir: PathLike | None = None,
     demo_count: int = 40,
 ) -> Dict[str, List[Pair]]:
     """The training/validation/test lists for a training run, checked. Nothing is written here: the
@@ -351,12 +351,12 @@ def prepare_training_datalist(
     return {s: list(lists.get(s, [])) for s in SPLITS}
 
 
-def _data_source(dataset_dir: Optional[PathLike], datalist: Optional[PathLike]) -> Dict[str, Optional[str]]:
+def _data_source(dataset_dir: PathLike | None, datalist: PathLike | None) -> Dict[str, str | None]:
     resolved = lambda p: str(Path(p).expanduser().resolve()) if p else None  # noqa: E731
     return {"dataset_dir": resolved(dataset_dir), "datalist": resolved(datalist)}
 
 
-def _check_resumed_source(split_file: Path, dataset_dir: Optional[PathLike], datalist: Optional[PathLike]) -> None:
+def _check_resumed_source(split_file: Path, dataset_dir: PathLike | None, datalist: PathLike | None) -> None:
     """A resumed run trains on its own split: given data that differ from the run's are an error."""
     if not (dataset_dir or datalist):
         return
@@ -379,8 +379,8 @@ def _check_resumed_source(split_file: Path, dataset_dir: Optional[PathLike], dat
 def write_training_split(
     output_dir: PathLike,
     lists: Mapping[str, Sequence[Pair]],
-    dataset_dir: Optional[PathLike] = None,
-    datalist: Optional[PathLike] = None,
+    dataset_dir: PathLike | None = None,
+    datalist: PathLike | None = None,
 ) -> Path:
     """Write the split a training run uses to ``output_dir/datalist.json`` (absolute paths, and where the
     data came from, which a resumed run checks). Called when training starts, after every check."""
@@ -397,8 +397,8 @@ def write_training_split(
 
 
 def prepare_evaluation_datalist(
-    dataset_dir: Optional[PathLike] = None,
-    datalist: Optional[PathLike] = None,
+    dataset_dir: PathLike | None = None,
+    datalist: PathLike | None = None,
     split: str = "test",
     in_channels: int = 3,
     image_pattern: str = "*",
@@ -427,9 +427,7 @@ def prepare_evaluation_datalist(
     return pairs
 
 
-def prepare_inference_datalist(
-    inputs: Union[PathLike, Sequence[PathLike]], in_channels: int = 3
-) -> List[Dict[str, str]]:
+def prepare_inference_datalist(inputs: PathLike | Sequence[PathLike], in_channels: int = 3) -> List[Dict[str, str]]:
     """Images to run inference on: a folder (its image files), one file, or a list of files/folders.
 
     Each item gets a ``name`` (the stem, made unique) for its output files. Files that cannot be

@@ -20,7 +20,7 @@ always draws the same pictures.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Tuple, Union
+from typing import Tuple
 
 import numpy as np
 from PIL import Image
@@ -79,7 +79,7 @@ def _save_png_atomically(path: Path, array: np.ndarray) -> None:
         Image.fromarray(array).save(tmp, format="PNG")
 
 
-def make_demo_dataset(directory: Union[str, Path], count: int = 40, seed: int = 0) -> Path:
+def make_demo_dataset(directory: str | Path, count: int = 40, seed: int = 0) -> Path:
     """Draw the demo set into ``directory/images`` and ``directory/masks`` (unless already there).
 
     Returns the directory. Files are named ``demo_000.png`` ... in both folders.

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -63,7 +63,7 @@ class ImageInfo:
         return self.height, self.width
 
 
-def split_name(path: PathLike) -> Optional[Tuple[str, str]]:
+def split_name(path: PathLike) -> Tuple[str, str] | None:
     """``(stem, suffix)`` of a supported image file name (``.nii.gz`` counts as one suffix), else ``None``."""
     name = Path(path).name
     lower = name.lower()

@@ -27,7 +27,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Hashable, Mapping, Optional, Union
+from typing import Any, Dict, Hashable, Mapping
 
 import numpy as np
 import torch
@@ -56,7 +56,7 @@ def _filename(value: Any) -> str:
     return "<unnamed>"
 
 
-def _value_range(array: np.ndarray) -> Optional[float]:
+def _value_range(array: np.ndarray) -> float | None:
     """The largest value of the file's pixel type: 255 (8-bit), 65535 (16-bit, also when PIL reads it as
     32-bit mode "I"); None for floating-point or wider data."""
     if not np.issubdtype(array.dtype, np.integer):
@@ -143,7 +143,7 @@ class NormalizeImaged(MapTransform):
         return d
 
 
-def binarize_mask(mask: np.ndarray, name: Optional[str] = None) -> np.ndarray:
+def binarize_mask(mask: np.ndarray, name: str | None = None) -> np.ndarray:
     """Foreground of a binary mask, whatever its encoding: 0/1, 0/255, 0/65535, or lossy JPEG.
 
     Two distinct values: the larger is foreground. Otherwise (JPEG noise, soft edges) threshold
@@ -297,10 +297,10 @@ class SavePredictionPNGd(MapTransform):
     def __init__(
         self,
         keys: KeysCollection,
-        output_dir: Union[str, Path],
+        output_dir: str | Path,
         image_key: str = "image",
-        label_key: Optional[str] = None,
-        name_key: Optional[str] = "name",
+        label_key: str | None = None,
+        name_key: str | None = "name",
         alpha: float = 0.45,
         allow_missing_keys: bool = False,
     ) -> None:

@@ -18,7 +18,7 @@ import shutil
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import torch
 
@@ -36,7 +36,7 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_large_files(root: Path, files_url: Optional[str]) -> List[str]:
+def write_large_files(root: Path, files_url: str | None) -> List[str]:
     """``large_files.yml`` in the zoo's form (path, url, hash) for files over 25 MB; returns their paths."""
     large = sorted(
         p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.stat().st_size > LARGE_FILE_BYTES

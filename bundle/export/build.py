@@ -21,7 +21,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 import torch
 
@@ -53,7 +53,7 @@ def _default_dataset(run: Dict[str, Any]) -> str:
     return "the run's own images (name the dataset with --dataset)"
 
 
-def _data_license(run: Dict[str, Any], license_file: Optional[Path]) -> str:
+def _data_license(run: Dict[str, Any], license_file: Path | None) -> str:
     if license_file is not None:
         try:
             return license_file.read_text()
@@ -76,12 +76,12 @@ def export_bundle(
     bundle_root: Path = Path("."),
     output: Path = Path("dist"),
     config_files: Sequence[Path] = (),
-    overrides: Optional[Dict[str, Any]] = None,
+    overrides: Dict[str, Any] | None = None,
     version: str = "0.1.0",
-    changelog: Optional[str] = None,
-    dataset: Optional[str] = None,
-    data_license: Optional[Path] = None,
-    files_url: Optional[str] = None,
+    changelog: str | None = None,
+    dataset: str | None = None,
+    data_license: Path | None = None,
+    files_url: str | None = None,
     onnx: bool = False,
     overwrite: bool = False,
     configs_dir: Path = REPO_CONFIGS,

@@ -16,7 +16,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
 import yaml
 
@@ -45,7 +45,7 @@ def _parse_overrides(extra: List[str]) -> Dict[str, Any]:
     return overrides
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bundle.export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -31,7 +31,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sys
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -39,7 +39,7 @@ __all__ = ["recomputes", "release_heap_in_backward"]
 
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number, from glibc's malloc.h
 _MMAP_THRESHOLD_BYTES = 1024 * 1024
-_GLIBC: Optional[Any] = None
+_GLIBC: Any | None = None
 _LOOKED_UP = False
 
 
@@ -53,7 +53,7 @@ def recomputes(requested: bool = True) -> bool:
     return not torch.compiler.is_exporting()
 
 
-def _glibc() -> Optional[Any]:
+def _glibc() -> Any | None:
     global _GLIBC, _LOOKED_UP
     if not _LOOKED_UP:
         _LOOKED_UP = True

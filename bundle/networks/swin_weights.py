@@ -40,7 +40,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -317,7 +317,7 @@ def load_swin_weights(
     module: nn.Module,
     source: Source,
     resample_patch_embed: bool = True,
-    target_name: Optional[str] = None,
+    target_name: str | None = None,
 ) -> SwinWeightsReport:
     """Load an ImageNet Swin (V1) classification checkpoint into one Swin encoder, in place.
 

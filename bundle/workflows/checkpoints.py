@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping
 
 import torch
 from ignite import distributed as idist
@@ -58,7 +58,7 @@ class AtomicDiskSaver(DiskSaver):
         filename: a fixed file name for every save (e.g. ``model.pt``), or ``None`` for ignite's names.
     """
 
-    def __init__(self, dirname: Union[str, Path], filename: Optional[str] = None, **kwargs: Any) -> None:
+    def __init__(self, dirname: str | Path, filename: str | None = None, **kwargs: Any) -> None:
         super().__init__(dirname=dirname, atomic=True, create_dir=True, require_empty=False, **kwargs)
         self.filename = filename
         self._pending_removal: List[str] = []
@@ -78,7 +78,7 @@ class AtomicDiskSaver(DiskSaver):
             except PermissionError:  # alive, someone else's
                 pass
 
-    def __call__(self, checkpoint: Mapping, filename: str, metadata: Optional[Mapping] = None) -> None:
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
         filename = self.filename or filename
         if self.save_on_rank != idist.get_rank():
             return
@@ -129,16 +129,16 @@ class AtomicCheckpointSaver(CheckpointSaver):
         self,
         save_dir: str,
         save_dict: Dict,
-        key_metric_filename: Optional[str] = None,
-        interval_filename: Optional[str] = None,
-        save_engine_as: Optional[str] = None,
+        key_metric_filename: str | None = None,
+        interval_filename: str | None = None,
+        save_engine_as: str | None = None,
         **kwargs: Any,
     ) -> None:
         save_dict = dict(save_dict)
         super().__init__(save_dir=save_dir, save_dict=save_dict, key_metric_filename=key_metric_filename, **kwargs)
         self.save_engine_as = save_engine_as
-        self._engine: Optional[Engine] = None
-        self._pending_best: Optional[Dict[str, Any]] = None
+        self._engine: Engine | None = None
+        self._pending_best: Dict[str, Any] | None = None
         if self._final_checkpoint is not None:
             self._final_checkpoint.save_handler = AtomicDiskSaver(save_dir, self._final_filename)
         if self._key_metric_checkpoint is not None:
@@ -202,10 +202,10 @@ class ResumeCheckpointLoader:
 
     def __init__(
         self,
-        load_path: Union[str, Path],
+        load_path: str | Path,
         load_dict: Mapping[str, Any],
         resume: bool = False,
-        load_engine_as: Optional[str] = "trainer",
+        load_engine_as: str | None = "trainer",
         map_location: Any = None,
     ) -> None:
         self.resume = bool(resume)
@@ -254,7 +254,7 @@ class ResumeCheckpointLoader:
             logger.info("Resuming training from %s.", self.load_path)
 
 
-def read_checkpoint(path: Union[str, Path], map_location: Any = "cpu", mmap: bool = False) -> Any:
+def read_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> Any:
     """``torch.load`` (tensors and plain values only) of a file training wrote; ``mmap`` reads tensors lazily.
 
     Raises:
@@ -287,7 +287,7 @@ def _fitting_preset(network: torch.nn.Module, state: Mapping[str, Any]) -> str:
     return f"; the file's fine branch has width {embed.shape[0]} and depths {depths}, no preset's"
 
 
-def load_model_weights(network: torch.nn.Module, path: Union[str, Path], map_location: Any = "cpu") -> torch.nn.Module:
+def load_model_weights(network: torch.nn.Module, path: str | Path, map_location: Any = "cpu") -> torch.nn.Module:
     """Load a state dict saved by training (``models/model.pt``) into ``network`` and return it.
 
     Raises:

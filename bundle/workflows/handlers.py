@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from ignite.engine import Engine, Events
@@ -93,7 +93,7 @@ class ProgressBarHandler:
         persist: keep each finished bar on screen.
     """
 
-    def __init__(self, output_transform: Optional[Callable] = None, desc: str = "", persist: bool = False) -> None:
+    def __init__(self, output_transform: Callable | None = None, desc: str = "", persist: bool = False) -> None:
         self.bar = ProgressBar(persist=persist, desc=desc)
         self.output_transform = output_transform
 
@@ -111,7 +111,7 @@ class GradientClipHandler:
         max_norm: the largest total gradient norm; ``None`` or 0 disables clipping.
     """
 
-    def __init__(self, max_norm: Optional[float] = 1.0) -> None:
+    def __init__(self, max_norm: float | None = 1.0) -> None:
         self.max_norm = max_norm
 
     def attach(self, engine: Engine) -> None:
@@ -142,8 +142,8 @@ class LargestComponentDecision:
 
     def __init__(
         self,
-        train_output_dir: Union[str, Path],
-        split: Optional[str],
+        train_output_dir: str | Path,
+        split: str | None,
         plain_metric: str = "mean_dice",
         largest_metric: str = "mean_dice_largest_component",
     ) -> None:
@@ -191,13 +191,13 @@ class RunRecordWriter:
 
     def __init__(
         self,
-        output_dir: Union[str, Path],
+        output_dir: str | Path,
         datalists: Mapping[str, Sequence[Mapping[str, str]]],
         plan: Any,
-        dataset_dir: Optional[Union[str, Path]] = None,
-        datalist: Optional[Union[str, Path]] = None,
+        dataset_dir: str | Path | None = None,
+        datalist: str | Path | None = None,
         resume: bool = False,
-        ckpt_dir: Optional[Union[str, Path]] = None,
+        ckpt_dir: str | Path | None = None,
     ) -> None:
         self.ckpt_dir = Path(ckpt_dir) if ckpt_dir else None
         self.output_dir = Path(output_dir)
@@ -249,7 +249,7 @@ class TrackingRecord:
         output_dir: the run's folder (``plan.json``, ``datalist.json``).
     """
 
-    def __init__(self, plan: Any, ckpt_dir: Union[str, Path], output_dir: Union[str, Path]) -> None:
+    def __init__(self, plan: Any, ckpt_dir: str | Path, output_dir: str | Path) -> None:
         self.plan = plan
         self.files = [Path(ckpt_dir) / "model.pt", Path(output_dir) / "plan.json", Path(output_dir) / "datalist.json"]
         self.tracker: Any = None

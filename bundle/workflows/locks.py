@@ -28,7 +28,7 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import List, Sequence, Union
+from typing import List, Sequence
 
 from bundle.errors import BundleInputError
 
@@ -64,7 +64,7 @@ def _release() -> None:
     _held.clear()
 
 
-def lock_run_folders(folders: Sequence[Union[str, os.PathLike]], enabled: bool = True) -> List[Path]:
+def lock_run_folders(folders: Sequence[str | os.PathLike], enabled: bool = True) -> List[Path]:
     """Take the run lock of each folder (created if needed) for this process.
 
     Args:

@@ -42,7 +42,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -75,7 +75,7 @@ logger = logging.getLogger(__name__)
 class TrainingPlan:
     """What a training run uses; the configs read its fields (``$@plan.image_size``)."""
 
-    image_size: Optional[List[int]]
+    image_size: List[int] | None
     roi_size: List[int]
     batch_size: int
     crops_per_image: int
@@ -83,7 +83,7 @@ class TrainingPlan:
     intensity: str = "minmax"
     given: Dict[str, Any] = field(default_factory=dict)
     settings: Dict[str, Any] = field(default_factory=dict)  # what a resumed run must match (preset, channels, network)
-    time_budget_minutes: Optional[float] = None
+    time_budget_minutes: float | None = None
     fingerprint: Dict[str, Any] = field(default_factory=dict)
     timing: Dict[str, Any] = field(default_factory=dict)
     reasons: List[str] = field(default_factory=list)
@@ -98,7 +98,7 @@ def _is_auto(value: Any) -> bool:
     return isinstance(value, str) and value.strip().lower() == AUTO
 
 
-def _size_setting(name: str, value: Any, allow_none: bool) -> Optional[List[int]]:
+def _size_setting(name: str, value: Any, allow_none: bool) -> List[int] | None:
     if isinstance(value, str) and value.strip().lower() in ("null", "none"):
         value = None  # the command line gives the word, not YAML's null
     if value is None and allow_none:
@@ -209,7 +209,7 @@ def _windows(image_hw: Sequence[int], roi: Sequence[int], overlap: float = 0.25)
     )
 
 
-def read_plan(output_dir: Union[str, os.PathLike]) -> Dict[str, Any]:
+def read_plan(output_dir: str | os.PathLike) -> Dict[str, Any]:
     """The plan a training run wrote to ``output_dir/plan.json`` ({} when there is none), for
     evaluation and inference to use the scale the model was trained at."""
     path = Path(output_dir) / PLAN_FILE
@@ -221,7 +221,7 @@ def read_plan(output_dir: Union[str, os.PathLike]) -> Dict[str, Any]:
         raise BundleInputError(f"cannot read the training plan {path}: {e}") from e
 
 
-def update_plan(output_dir: Union[str, os.PathLike], **choices: Any) -> bool:
+def update_plan(output_dir: str | os.PathLike, **choices: Any) -> bool:
     """Record later ``choices`` (e.g. evaluation's ``keep_largest``) in the run's ``plan.json``; False
     (nothing written) where the run has no plan."""
     from bundle.files import write_json_atomically
@@ -239,7 +239,7 @@ def _world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def _broadcast(plan: Optional[TrainingPlan]) -> TrainingPlan:
+def _broadcast(plan: TrainingPlan | None) -> TrainingPlan:
     """Rank 0's plan on every process of a distributed run (timings differ between processes)."""
     import torch.distributed as dist
 
@@ -291,10 +291,10 @@ def check_planned_settings(
 
 def plan_training(
     datalists: Mapping[str, Sequence[Mapping[str, str]]],
-    output_dir: Union[str, os.PathLike],
+    output_dir: str | os.PathLike,
     network: torch.nn.Module,
     loss: Callable,
-    device: Union[str, torch.device] = "cpu",
+    device: str | torch.device = "cpu",
     in_channels: int = 3,
     out_channels: int = 1,
     image_size: Any = AUTO,
@@ -304,12 +304,12 @@ def plan_training(
     max_epochs: Any = AUTO,
     time_budget_minutes: float = 60.0,
     val_interval: int = 1,
-    epoch_length: Optional[int] = None,
+    epoch_length: int | None = None,
     demo: bool = False,
     resume: bool = False,
     intensity: str = AUTO,
     pretrained: bool = False,
-    settings: Optional[Mapping[str, Any]] = None,
+    settings: Mapping[str, Any] | None = None,
 ) -> TrainingPlan:
     """Resolve the ``auto`` settings of a training run from its data and device (see the module
     docstring), write ``output_dir/plan.json`` and log the plan. Given settings are kept as given.
@@ -321,7 +321,7 @@ def plan_training(
     )
     path = Path(output_dir) / PLAN_FILE
     main = _world_size() == 1 or torch.distributed.get_rank() == 0
-    plan: Optional[TrainingPlan] = None
+    plan: TrainingPlan | None = None
     if main:
         if resume and path.is_file():
             saved = read_plan(output_dir)
@@ -384,7 +384,7 @@ def _check_resumed_settings(
         )
 
 
-def write_plan(output_dir: Union[str, os.PathLike], plan: TrainingPlan) -> Path:
+def write_plan(output_dir: str | os.PathLike, plan: TrainingPlan) -> Path:
     """Write ``plan`` to ``output_dir/plan.json`` (when training starts, after every check)."""
     from bundle.files import write_json_atomically
 
@@ -408,7 +408,7 @@ def _make_plan(
     given: Mapping[str, Any],
     budget_minutes: float,
     val_interval: int,
-    epoch_length: Optional[int],
+    epoch_length: int | None,
 ) -> TrainingPlan:
     train, val = list(datalists["training"]), list(datalists.get("validation") or [])
     fp = fingerprint(train, out_channels)
@@ -479,7 +479,7 @@ def _make_plan(
             reasons.append(
                 f"largest size leaving >= {MIN_EPOCHS} epochs in {budget_minutes:g} min (or the smallest): {size[0]}x{size[1]}"
             )
-        image_size: Optional[List[int]] = size
+        image_size: List[int] | None = size
     else:
         step = _time_step(network, loss, batch * crops, in_channels, roi, device)
         epochs = int(budget // epoch_seconds(step, batch * crops, roi))

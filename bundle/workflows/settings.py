@@ -24,7 +24,7 @@ import difflib
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Sequence
 
 from bundle.errors import BundleInputError
 
@@ -63,7 +63,7 @@ def _is_bundle_cli(argv: Sequence[str]) -> bool:
     return first.endswith("monai/bundle/__main__.py") or first == "monai.bundle"
 
 
-def check_command_line_ids(argv: Optional[Sequence[str]] = None) -> bool:
+def check_command_line_ids(argv: Sequence[str] | None = None) -> bool:
     """Refuse a ``--name`` on the bundle's command line that is no id of the given config files
     (the message names the nearest known id). Does nothing outside ``python -m monai.bundle``."""
     from monai.bundle import ConfigParser
@@ -103,7 +103,7 @@ def _tracking_ids(argv: Sequence[str]) -> set:
 
 
 def _number(
-    name: str, value: Any, low: float, high: Optional[float] = None, low_open: bool = False, whole: bool = False
+    name: str, value: Any, low: float, high: float | None = None, low_open: bool = False, whole: bool = False
 ) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (not whole or isinstance(value, int))
     ok = ok and (value > low if low_open else value >= low) and (high is None or value <= high)
@@ -130,7 +130,7 @@ def check_training_settings(
     num_workers: Any = 0,
     seed: Any = 0,
     weights: Sequence[Any] = (),
-    planned: Optional[dict] = None,
+    planned: dict | None = None,
 ) -> bool:
     """Check a training run's settings; each bad one is a :class:`BundleInputError` naming it.
 

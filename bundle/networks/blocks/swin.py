@@ -27,7 +27,7 @@ ceiling division, explicit copies instead of ``contiguous()``, the shift mask fr
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 import torch
 import torch.nn as nn
@@ -65,14 +65,14 @@ class FusedWindowAttention(WindowAttention):
     nor any attention matrix (about a tenth of the block's FLOPs, and 4 of its 6 stored tensors).
     """
 
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if recomputes():
             out = checkpoint.checkpoint(self.attend, x, mask, use_reentrant=False)
         else:
             out = self.attend(x, mask)
         return self.proj_drop(self.proj(out))
 
-    def attend(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    def attend(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Windowed multi-head attention of ``x`` (windows, tokens, channels), before the output projection."""
         b, n, c = x.shape
         head_dim = c // self.num_heads
@@ -133,7 +133,7 @@ class SwinBlock(SwinTransformerBlock):
         self.shift_size = list(shift_size)
         self.shifted = any(s > 0 for s in shift_size)
 
-    def forward(self, x: torch.Tensor, mask_matrix: Optional[torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask_matrix: torch.Tensor | None) -> torch.Tensor:
         # as MONAI's block, but checkpointing only where there is a backward to save memory for
         if recomputes(self.use_checkpoint):
             attn = checkpoint.checkpoint(self.forward_part1, x, mask_matrix, use_reentrant=False)
@@ -145,7 +145,7 @@ class SwinBlock(SwinTransformerBlock):
     def forward_part2(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop_path(prenorm_mlp(x, self.norm2, self.mlp))
 
-    def forward_part1(self, x: torch.Tensor, mask_matrix: Optional[torch.Tensor]) -> torch.Tensor:
+    def forward_part1(self, x: torch.Tensor, mask_matrix: torch.Tensor | None) -> torch.Tensor:
         x = self.norm1(x)
         spatial = list(x.shape[1:-1])
         # whole windows by ceiling division: an exporter with symbolic sizes then needs no divisibility proof

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -191,8 +191,8 @@ class TIF(nn.Module):
 
     def __init__(
         self,
-        coarse_channels: Optional[int] = None,
-        fine_channels: Optional[int] = None,
+        coarse_channels: int | None = None,
+        fine_channels: int | None = None,
         coarse_heads: int = 3,
         coarse_head_dim: int = 32,
         coarse_mlp_dim: int = 128,
@@ -264,9 +264,7 @@ class TIF(nn.Module):
         fine_out = self.e_transformer(torch.cat([coarse_summary, fine_tokens], dim=1))[:, 1:]
         return fine_out, coarse_out
 
-    def forward(
-        self, fine: torch.Tensor, coarse: torch.Tensor
-    ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+    def forward(self, fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor | Tuple[torch.Tensor, torch.Tensor]:
         if fine.shape[1] != self.fine_channels or coarse.shape[1] != self.coarse_channels:
             raise ValueError(
                 f"TIF(coarse_channels={self.coarse_channels}, fine_channels={self.fine_channels}) expects the fine map "
@@ -307,7 +305,7 @@ class TIFLevels(nn.ModuleDict):
         self,
         widths: Sequence[int],
         levels: Sequence[int],
-        tif_args: Optional[Mapping[str, Any]] = None,
+        tif_args: Mapping[str, Any] | None = None,
         levels_name: str = "levels",
     ) -> None:
         if not set(levels) <= set(range(len(widths))):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -228,16 +228,16 @@ class DSTransUNet(nn.Module):
         in_channels: int = 3,
         out_channels: int = 1,
         preset: str = "base",
-        embed_dim: Optional[int] = None,
-        depths: Optional[Sequence[int]] = None,
-        num_heads: Optional[Sequence[int]] = None,
+        embed_dim: int | None = None,
+        depths: Sequence[int] | None = None,
+        num_heads: Sequence[int] | None = None,
         patch_size: int = 4,
-        drop_path_rate: Optional[float] = None,
-        coarse_embed_dim: Optional[int] = None,
-        coarse_depths: Optional[Sequence[int]] = None,
-        coarse_num_heads: Optional[Sequence[int]] = None,
+        drop_path_rate: float | None = None,
+        coarse_embed_dim: int | None = None,
+        coarse_depths: Sequence[int] | None = None,
+        coarse_num_heads: Sequence[int] | None = None,
         coarse_patch_size: int = 8,
-        coarse_drop_path_rate: Optional[float] = None,
+        coarse_drop_path_rate: float | None = None,
         window_size: int = 7,
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
@@ -247,16 +247,16 @@ class DSTransUNet(nn.Module):
         fusion: str = "tif",
         decoder: str = "swin",
         decoder_depth: int = 2,
-        decoder_num_heads: Optional[Sequence[int]] = None,
+        decoder_num_heads: Sequence[int] | None = None,
         decoder_drop_path_rate: float = 0.2,
         tif_depth: int = 1,
-        tif_args: Optional[Mapping[str, Any]] = None,
+        tif_args: Mapping[str, Any] | None = None,
         norm_groups: int = 32,
         deep_supervision: bool = False,
         aux_relu: bool = False,
         use_checkpoint: bool = False,
-        fine_weights: Optional[Union[str, os.PathLike]] = None,
-        coarse_weights: Optional[Union[str, os.PathLike]] = None,
+        fine_weights: str | os.PathLike | None = None,
+        coarse_weights: str | os.PathLike | None = None,
     ) -> None:
         super().__init__()
         if preset not in PRESETS:
@@ -320,7 +320,7 @@ class DSTransUNet(nn.Module):
             **branch_args,
         )
         coarse_channels = [0] * n_stages
-        self.coarse_branch: Optional[SwinBranch] = None
+        self.coarse_branch: SwinBranch | None = None
         if dual_scale:
             coarse_channels = [p["coarse_embed_dim"] * 2**i for i in range(n_stages)]
             self.coarse_branch = SwinBranch(
@@ -416,7 +416,7 @@ class DSTransUNet(nn.Module):
     def _full_resolution(self, x: torch.Tensor, stem_full: torch.Tensor) -> torch.Tensor:
         return self.head(self.decoder[-1](x, stem_full))
 
-    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, List[torch.Tensor]]:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | List[torch.Tensor]:
         size = list(x.shape[2:])
         m = self.size_multiple
         pad: List[int] = []
@@ -441,9 +441,7 @@ class DSTransUNet(nn.Module):
 
     # -- the authors' weights ----------------------------------------------------------------
     @classmethod
-    def from_authors(
-        cls, state_dict: Union[str, os.PathLike, Mapping[str, torch.Tensor]], **kwargs: Any
-    ) -> "DSTransUNet":
+    def from_authors(cls, state_dict: str | os.PathLike | Mapping[str, torch.Tensor], **kwargs: Any) -> "DSTransUNet":
         """Build a model configured like the authors' ``UNet(dim=128, n_class)`` and load their weights.
 
         Args:
@@ -520,7 +518,7 @@ def convert_authors_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Dict[s
     return converted
 
 
-def load_authors_state_dict(source: Union[str, os.PathLike, Mapping[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+def load_authors_state_dict(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """Read the authors' state dict from a mapping or a checkpoint file, unwrapping common containers."""
     if isinstance(source, (str, os.PathLike)):
         if not os.path.isfile(source):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 from types import SimpleNamespace
-from typing import Any, List, Mapping, Optional, Sequence
+from typing import Any, List, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -44,7 +44,7 @@ class DualScaleSwinViT(nn.Module):
         fine: nn.Module,
         coarse_scale: int,
         tif_levels: Sequence[int],
-        tif_args: Optional[Mapping[str, Any]] = None,
+        tif_args: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.fine = fine
@@ -97,7 +97,7 @@ class SwinUNETRTIF(SwinUNETR):
         *args: Any,
         coarse_scale: int = 2,
         tif_levels: Sequence[int] = (1, 2, 3, 4),
-        tif_args: Optional[Mapping[str, Any]] = None,
+        tif_args: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(in_channels, out_channels, *args, **kwargs)

@@ -19,7 +19,7 @@ decoder without touching MONAI's code. ``UNet`` nests its levels recursively ins
 
 from __future__ import annotations
 
-from typing import Any, List, Mapping, Optional, Sequence, Union
+from typing import Any, List, Mapping, Sequence
 
 import torch
 from monai.networks.layers import Pool
@@ -55,14 +55,14 @@ class BasicUNetTIF(BasicUNet):
         in_channels: int = 1,
         out_channels: int = 2,
         features: Sequence[int] = (32, 32, 64, 128, 256, 32),
-        act: Union[str, tuple] = ("LeakyReLU", {"negative_slope": 0.1, "inplace": True}),
-        norm: Union[str, tuple] = ("instance", {"affine": True}),
+        act: str | tuple = ("LeakyReLU", {"negative_slope": 0.1, "inplace": True}),
+        norm: str | tuple = ("instance", {"affine": True}),
         bias: bool = True,
-        dropout: Union[float, tuple] = 0.0,
+        dropout: float | tuple = 0.0,
         upsample: str = "deconv",
         tif_levels: Sequence[int] = (2, 3, 4),
         coarse_scale: int = 2,
-        tif_args: Optional[Mapping[str, Any]] = None,
+        tif_args: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(spatial_dims, in_channels, out_channels, features, act, norm, bias, dropout, upsample)
         self.coarse_view = Pool[Pool.AVG, spatial_dims](kernel_size=coarse_scale)
