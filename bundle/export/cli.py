@@ -18,8 +18,6 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
-import yaml
-
 from bundle.errors import BundleInputError
 from bundle.export.build import export_bundle
 from bundle.export.constants import REPO_CONFIGS
@@ -28,7 +26,10 @@ logger = logging.getLogger(__name__)
 
 
 def _parse_overrides(extra: List[str]) -> Dict[str, Any]:
-    """``--id value`` pairs (values in YAML: ``--roi_size "[96, 96]"``, ``--learning_rate 1.0e-3``)."""
+    """``--id value`` pairs, each value parsed as ``python -m monai.bundle run`` parses it (Python Fire:
+    ``--roi_size "[96, 96]"``, ``--learning_rate 1.0e-3``), so the export reads what training read."""
+    from fire.parser import DefaultParseValue
+
     overrides, i = {}, 0
     while i < len(extra):
         key = extra[i]
@@ -41,7 +42,7 @@ def _parse_overrides(extra: List[str]) -> Dict[str, Any]:
             value, i = extra[i + 1], i + 2
         else:
             raise BundleInputError(f"{key} needs a value")
-        overrides[key[2:]] = yaml.safe_load(value)
+        overrides[key[2:]] = DefaultParseValue(value)
     return overrides
 
 

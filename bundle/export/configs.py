@@ -29,40 +29,37 @@ logger = logging.getLogger(__name__)
 # ---- configs ---------------------------------------------------------------------------------
 
 
-def _read_yaml(path: Path) -> Dict[str, Any]:
-    try:
-        with open(path) as f:
-            content = yaml.safe_load(f)
-    except (OSError, yaml.YAMLError) as e:
-        raise BundleInputError(f"cannot read the config {path}: {e}") from e
-    if not isinstance(content, dict):
-        raise BundleInputError(f"the config {path} is not a mapping of ids to values")
-    return content
-
-
 def merged_configs(
     configs_dir: Path, extra_files: Sequence[Path], overrides: Dict[str, Any]
 ) -> Dict[str, Dict[str, Any]]:
-    """The repository's workflow configs with ``extra_files`` merged over each but the overlays (top-level ids
-    replaced, as ``--config_file "['train.yaml','networks/x.yaml']"`` does) and ``overrides`` set where the id exists.
+    """The repository's workflow configs, each merged with ``extra_files`` (but the overlays) by MONAI's own
+    ``ConfigParser.load_config_files``, as ``monai.bundle run --config_file "['train.yaml','networks/x.yaml']"``
+    merges them, and ``overrides`` set by config id (``a#b`` too) where the id exists, as ``run`` sets them.
 
     Raises:
         BundleInputError: a config is missing or unreadable, or an override names an id no config has.
     """
-    extras = [_read_yaml(Path(f)) for f in extra_files]
+    from monai.bundle import ConfigParser
+
+    for path in extra_files:
+        if not Path(path).is_file():
+            raise BundleInputError(f"cannot read the config {path}: no such file")
     configs, used = {}, set()
     for name in WORKFLOW_CONFIGS:
         path = configs_dir / f"{name}.yaml"
         if not path.is_file():
             raise BundleInputError(f"no {path}: set --configs_dir to the folder with the bundle's YAML configs")
-        config = _read_yaml(path)
-        for extra in extras if name not in OVERLAY_CONFIGS else ():
-            config.update(copy.deepcopy(extra))
+        files = [str(path)] + [str(f) for f in extra_files]
+        try:  # an overlay is shipped as it is: its ids (e.g. train#sampler) name the config it goes over
+            content = ConfigParser.load_config_file(path) if name in OVERLAY_CONFIGS else None
+            parser = ConfigParser(content if content is not None else ConfigParser.load_config_files(files))
+        except (OSError, KeyError, ValueError, yaml.YAMLError) as e:
+            raise BundleInputError(f"cannot read the configs {files}: {e}") from e
         for key, value in overrides.items():
-            if key in config:
-                config[key] = copy.deepcopy(value)
+            if key in parser:
+                parser[key] = copy.deepcopy(value)
                 used.add(key)
-        configs[name] = config
+        configs[name] = parser.get()
     unknown = sorted(set(overrides) - used)
     if unknown:
         raise BundleInputError(f"--{unknown[0]} is not a setting of the configs in {configs_dir} (a typo?)")

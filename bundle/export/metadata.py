@@ -57,6 +57,9 @@ def _network_summary(configs: Dict[str, Dict[str, Any]], network: torch.nn.Modul
         "inference_size": (
             list(image_size) if isinstance(image_size, list) else list(roi) if isinstance(roi, list) else [64, 64]
         ),
+        # the side length inputs must be a multiple of, asked of the network (DSTransUNet.size_multiple); for
+        # networks that do not say, 64: a multiple of what MONAI's UNet (16) and SwinUNETR (32) need
+        "size_multiple": int(getattr(network, "size_multiple", 64)),
         "deep_supervision": bool(net_config.get("deep_supervision", False)),
         "intensity": train.get("intensity") if train.get("intensity") in INTENSITIES else "minmax",
         "settings": {
@@ -87,8 +90,8 @@ def build_metadata(
     meta["description"] = (
         f"A trained {net['class']}{preset} ({net['params_m']:.1f} M parameters) for 2D segmentation, from the DS-TransUNet "
         f"MONAI bundle (DS-TransUNet: Lin et al., IEEE TIM 2022). Trained on {dataset}. models/model.ts is traced "
-        "(torch.jit.trace), not scripted: it takes inputs whose height and width are multiples of 64, as the "
-        "sliding-window inferer gives it."
+        f"(torch.jit.trace), not scripted: it takes inputs whose height and width are multiples of {net['size_multiple']}; "
+        "models/model.onnx, when shipped, takes any size."
     )
     meta["data_source"] = dataset
     if run.get("demo_data"):
@@ -117,6 +120,8 @@ def build_metadata(
         image_format["intensity"] = (
             "minmax: each image scaled to 0..1 by its own minimum and maximum (bundle.data.transforms.NormalizeImaged)"
         )
+    for tensor in (data_format["inputs"]["image"], data_format["outputs"]["pred"]):
+        tensor["spatial_shape"] = [f"{net['size_multiple']}*n"] * 2
     data_format["outputs"]["pred"]["num_channels"] = net["out_channels"]
     data_format["outputs"]["pred"]["channel_def"] = (
         {"0": "foreground logit (sigmoid > 0.5: foreground)"}

@@ -96,6 +96,7 @@ def build_readme(
         "tile": f"{tile[0]} x {tile[1]}",
         "tile_h": tile[0],
         "tile_w": tile[1],
+        "size_multiple": net["size_multiple"],
         "onnx_file": (
             "- `models/model.onnx`: the network in ONNX, exported by MONAI's `onnx_export` (the dynamo exporter) with\n"
             "  batch, height and width free: it takes any image size, padding internally as the PyTorch network does;\n"
