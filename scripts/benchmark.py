@@ -189,6 +189,31 @@ def _fmt(value: Any, spec: str) -> str:
     return format(value, spec) if isinstance(value, (int, float)) else str(value)
 
 
+def gpu_section(results_path: str) -> List[str]:
+    """The GPU figures of scripts/gpu_check.py (its JSON, when a GPU run has been made), or what to run."""
+    lines = ["## GPU", ""]
+    if not os.path.isfile(results_path):
+        return lines + [
+            "No GPU has been lent to this work: mixed precision, the `base` preset at the paper's sizes on CUDA, "
+            "the exported TorchScript on CUDA and NCCL DDP are untested. `scripts/gpu_check.py` is the prepared "
+            "check, written to fit in 8 minutes on one GPU and not yet run on one (each subprocess part is limited to "
+            "3 minutes; AMP training steps of `base` at 352 and 512 px, ours and, with "
+            "`--authors-code`, the authors' model; a one-epoch bundle run with `--preset base`; the exported "
+            "TorchScript on CUDA):",
+            "",
+            "```bash",
+            "python scripts/gpu_check.py --data ../shared/data/kvasir-seg/datalist_800_100_100.json "
+            "--output docs/gpu_check.json",
+            "python scripts/benchmark.py     # then regenerates this file with the GPU figures",
+            "```",
+        ]
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    from gpu_check import report
+
+    with open(results_path) as f:
+        return lines + report(json.load(f)).splitlines()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default=os.path.join(REPO, "docs", "benchmarks.md"))
@@ -317,6 +342,7 @@ def main() -> None:
                 f"| {_fmt(lean.get('seconds', lean.get('error')), '.1f')} / {_fmt(lean.get('peak_mb', '-'), '.0f')} |"
             )
 
+    lines += ["", *gpu_section(os.path.join(REPO, "docs", "gpu_check.json"))]
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as f:
         f.write("\n".join(lines) + "\n")
