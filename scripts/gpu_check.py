@@ -182,7 +182,8 @@ def _guarded(name: str, results: Dict[str, Any], part: Callable[[], Any]) -> Non
 
 
 def report(results: Dict[str, Any]) -> str:
-    lines = [f"GPU check on {results['device_name']} (PyTorch {results['torch']}, AMP float16)", ""]
+    precision = "float32, no AMP" if results["device_name"] == "CPU" else "AMP float16"
+    lines = [f"GPU check on {results['device_name']} (PyTorch {results['torch']}, {precision})", ""]
     lines += ["| model | size | batch | images/s | peak GB |", "|---|---|---|---|---|"]
     for row in results.get("steps", []):
         if "error" in row:
