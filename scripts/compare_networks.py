@@ -7,8 +7,9 @@ There is no second training loop here: every row is the command a user runs,
 
     python -m monai.bundle run training --config_file "['configs/train.yaml','configs/networks/X.yaml']" \\
         --datalist DATALIST --time_budget_minutes B --seed S [row flags]
-    python -m monai.bundle run --config_file "['configs/evaluate.yaml','configs/networks/X.yaml']" --split validation
-    python -m monai.bundle run --config_file "['configs/evaluate.yaml','configs/networks/X.yaml']"
+    python -m monai.bundle run --config_file "['configs/train.yaml','configs/networks/X.yaml','configs/evaluate.yaml']" \
+        --split validation
+    python -m monai.bundle run --config_file "['configs/train.yaml','configs/networks/X.yaml','configs/evaluate.yaml']"
 
 so each network gets the plan (scale, batch, epochs fitted to the same wall-clock budget on this
 machine), the recipe, the validation-decided largest-component option and the evaluation (Dice,
@@ -115,7 +116,7 @@ def run_row(key: str, seed: int, args: argparse.Namespace) -> Dict[str, Any]:
         os.path.join(work, "train.log"),
     )  # fmt: skip
     load_after = os.getloadavg()[0]
-    evaluate = python + ["--config_file", config_list("configs/evaluate.yaml", network), *paths,
+    evaluate = python + ["--config_file", config_list("configs/train.yaml", network, "configs/evaluate.yaml"), *paths,
                          "--train_output_dir", train_dir]  # fmt: skip
     run_logged(evaluate + ["--split", "validation", "--output_dir", os.path.join(work, "eval_validation")],
                os.path.join(work, "eval_validation.log"))  # fmt: skip

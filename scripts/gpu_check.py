@@ -114,7 +114,7 @@ def bundle_epoch(data: str, work: str, preset: str, device: torch.device, timeou
         timeout,
     )
     eval_s = _run(
-        [*run, "--config_file", "configs/evaluate.yaml", *common], os.path.join(work, "evaluate.log"), timeout
+        [*run, "--config_file", "['configs/train.yaml','configs/evaluate.yaml']", *common], os.path.join(work, "evaluate.log"), timeout
     )
     metrics = {}
     with open(os.path.join(work, "eval", "metrics.csv")) as f:

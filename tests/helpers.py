@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# evaluation is an overlay on training's config, as in model-zoo bundles
+EVALUATE = "['configs/train.yaml','configs/evaluate.yaml']"
 # next to the shared data (conftest.py reads DS_TRANSUNET_DATA the same way)
 SHARED = Path(os.environ.get("DS_TRANSUNET_DATA", REPO.parent / "shared" / "data")).parent
 SCHEMA = SHARED / "monai" / "meta_schema_20240725.json"

@@ -331,11 +331,11 @@ def test_onnx_inference_without_an_onnx_model_is_one_error_naming_the_file(tmp_p
     """configs/inference_onnx.yaml over inference.yaml, in a run folder with no models/model.onnx."""
     pytest.importorskip("onnxruntime")
     _write_dataset(tmp_path / "data", n=1)
-    configs = json.dumps([str(REPO / "configs" / "inference.yaml"), str(REPO / "configs" / "inference_onnx.yaml")])
+    configs = "['configs/inference.yaml','configs/inference_onnx.yaml']"
     result = _run_bundle(
         ["--config_file", configs, "--bundle_root", str(tmp_path / "run"), "--inputs", str(tmp_path / "data" / "images"),
          "--output_dir", str(tmp_path / "out")],
-        cwd=tmp_path,
+        cwd=REPO,
     )  # fmt: skip
     errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR:")]
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]

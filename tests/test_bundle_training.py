@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import REPO, SCHEMA, SMALL, cli_env, local_metadata_schema, run_bundle
+from helpers import EVALUATE, REPO, SCHEMA, SMALL, cli_env, local_metadata_schema, run_bundle
 
 
 def train_args(root: Path, *extra) -> list:
@@ -79,7 +79,7 @@ def test_run_id_training_and_default_run_are_the_same():
 def test_evaluate_writes_per_image_metrics_summary_and_pngs(demo_run):
     root, _ = demo_run
     out = root / "eval"
-    run_bundle(["--config_file", "configs/evaluate.yaml", "--bundle_root", root, "--split", "validation"])
+    run_bundle(["--config_file", EVALUATE, "--bundle_root", root, "--split", "validation"])
     with open(out / "mean_dice_raw.csv") as f:
         rows = list(csv.reader(f))
     split = json.loads((root / "runs" / "train" / "datalist.json").read_text())
@@ -190,7 +190,7 @@ def test_drive_plan_chooses_patches_and_the_network_finds_vessels(drive_dir, tmp
     assert "Plan: native-resolution patches of 64x64" in log and "resizing would lose fine structures" in log
     best = torch.load(root / "models" / "checkpoint.pt", map_location="cpu", weights_only=True)["best_model_saver"]
     assert best["best_metric"] > 0.3, f"validation Dice {best['best_metric']:.3f}: the network found no vessels"
-    run_bundle(["--config_file", "configs/evaluate.yaml", "--bundle_root", root])
+    run_bundle(["--config_file", EVALUATE, "--bundle_root", root])
     masks = list((root / "eval" / "predictions").glob("*_mask.png"))
     assert masks and all(np.asarray(Image.open(m)).any() for m in masks)  # vessel pixels on the unseen test image
     with open(root / "eval" / "metrics.csv") as f:
@@ -312,9 +312,9 @@ def test_model_weights_that_do_not_fit_are_one_clear_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_training_with_gloo_on_two_processes(tmp_path):
+def test_ddp_training_and_evaluation_with_gloo_on_two_processes(tmp_path):
     """torchrun, 2 CPU processes, gloo: both train their shard, step the LR scheduler and validate;
-    only rank 0 writes checkpoints and logs."""
+    only rank 0 writes checkpoints and logs. Then multi_gpu_evaluate.yaml: the same per-image Dice as one process."""
     probe = tmp_path / "probe.yaml"
     probe.write_text(
         "imports:\n  - $import os\n  - $import json\n"
@@ -349,6 +349,29 @@ def test_ddp_training_with_gloo_on_two_processes(tmp_path):
     logged = result.stdout + result.stderr
     assert epochs_logged(logged) == [1, 2]  # rank 0 logs once per epoch; rank 1 is quiet
     assert len(list((root / "runs" / "train" / "tensorboard").glob("events.*"))) == 2  # rank 0: trainer + evaluator
+
+    # evaluation under torchrun: each process its shard; the metrics and CSVs cover every image once
+    configs = json.dumps(["configs/train.yaml", "configs/evaluate.yaml", "configs/multi_gpu_evaluate.yaml"])
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "monai.bundle", "run", "--config_file", configs, "--bundle_root", str(root), *SMALL,
+         "--split", "training", "--output_dir", str(root / "eval_ddp")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    run_bundle(["--config_file", EVALUATE, "--bundle_root", root, *SMALL, "--split", "training",
+                "--output_dir", root / "eval_one"])  # fmt: skip
+
+    def per_image(folder):
+        with open(root / folder / "mean_dice_raw.csv") as f:
+            return {row[0]: float(row[1]) for row in list(csv.reader(f))[1:]}
+
+    one, both = per_image("eval_one"), per_image("eval_ddp")
+    assert sorted(both) == sorted(one) == sorted(item["image"] for item in split["training"])
+    assert all(both[name] == pytest.approx(one[name], abs=1e-5) for name in one)
+    with open(root / "eval_ddp" / "metrics.csv") as f:
+        mean = {row[0]: float(row[1]) for row in csv.reader(f)}["mean_dice"]
+    assert mean == pytest.approx(sum(one.values()) / len(one), abs=1e-5)
 
 
 def test_metadata_is_valid_and_describes_the_network(tmp_path):

@@ -21,7 +21,7 @@ from PIL import Image
 from bundle.export import main
 from bundle.export.artifacts import LARGE_FILE_BYTES, _md5
 from bundle.export.metadata import package_versions
-from helpers import REPO, SMALL, local_metadata_schema, run_bundle, run_command
+from helpers import EVALUATE, REPO, SMALL, local_metadata_schema, run_bundle, run_command
 
 NAME = "demo_polyp_segmentation"
 # Python code that switches this repository's (editable) install off, as on the machine of someone
@@ -51,7 +51,7 @@ def exported(tmp_path_factory):
     run_bundle(
         ["training", "--config_file", "configs/train.yaml", "--bundle_root", run, *settings, "--intensity", "imagenet"]
     )
-    run_bundle(["--config_file", "configs/evaluate.yaml", "--bundle_root", run])
+    run_bundle(["--config_file", EVALUATE, "--bundle_root", run])
     out = tmp_path_factory.mktemp("dist")
     onnx = ["--onnx"] if all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime")) else []
     result = run_command([sys.executable, "-m", "bundle.export", "--name", NAME, "--bundle_root", run, "--output", out,
@@ -63,7 +63,7 @@ def test_the_bundle_has_the_zoo_layout(exported):
     _, bundle, zip_path, result = exported
     assert "torchscript vs PyTorch: max abs difference" in result.stdout + result.stderr
     for path in ("configs/metadata.json", "configs/inference.json", "configs/train.json", "configs/evaluate.json",
-                 "configs/multi_gpu_train.json", "configs/logging.conf", "models/model.pt", "models/model.ts",
+                 "configs/multi_gpu_train.json", "configs/multi_gpu_evaluate.json", "configs/logging.conf", "models/model.pt", "models/model.ts",
                  "docs/README.md", "docs/data_license.txt", "LICENSE", "large_files.yml",
                  "bundle/networks/nets/ds_transunet.py"):  # fmt: skip
         assert (bundle / path).is_file(), path
@@ -84,10 +84,17 @@ def test_the_bundle_has_the_zoo_layout(exported):
         4,
         2,
     )
-    evaluate = json.loads((bundle / "configs" / "evaluate.json").read_text())
-    for config in (inference, evaluate):
-        assert (config["image_size"], config["roi_size"]) == (None, [64, 64])
-        assert config["intensity"] == "imagenet"  # the run's normalisation, from its plan
+    assert not any(str(v).startswith("%") for v in inference.values())  # train.yaml's macros written out
+    assert (inference["image_size"], inference["roi_size"]) == (None, [64, 64])
+    assert inference["intensity"] == "imagenet"  # the run's normalisation, from its plan
+    # evaluate.json is an overlay on train.json, as in zoo bundles: it reads the scale train.json ships
+    from monai.bundle import ConfigParser
+
+    files = [bundle / "configs" / "train.json", bundle / "configs" / "evaluate.json"]
+    evaluate = ConfigParser(ConfigParser.load_config_files(files))
+    evaluate["bundle_root"] = str(bundle)
+    plan = evaluate.get_parsed_content("plan")
+    assert (plan.image_size, plan.roi_size, plan.intensity) == (None, [64, 64], "imagenet")
 
     state = torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())  # weights only

@@ -328,7 +328,7 @@ def test_refusals_name_the_file_layout_and_first_mismatch(swin_t, tmp_path):
 # ---- through the bundle: the done-when command ------------------------------------------------------------
 
 
-def test_training_with_imagenet_weights_through_the_bundle(swin_b, swin_t, tmp_path):
+def test_training_with_imagenet_weights_through_the_bundle(swin_b, swin_t, tmp_path, monkeypatch):
     """`--preset base --fine_weights A.pth --coarse_weights B.pth` on CPU: the load reports and the ImageNet
     normalisation are logged, recorded in the plan, and read back by evaluation and inference."""
     from PIL import Image
@@ -366,11 +366,11 @@ def test_training_with_imagenet_weights_through_the_bundle(swin_b, swin_t, tmp_p
 
     from monai.bundle import ConfigParser
 
-    for config in ("evaluate.yaml", "inference.yaml"):
-        parser = ConfigParser()
-        parser.read_config(REPO / "configs" / config)
+    monkeypatch.chdir(REPO)  # inference.yaml's macros name train.yaml from the bundle root, where MONAI runs
+    for configs in (["train.yaml", "evaluate.yaml"], ["inference.yaml"]):
+        parser = ConfigParser(ConfigParser.load_config_files([REPO / "configs" / c for c in configs]))
         parser.update({"bundle_root": str(root)})
-        assert parser.get_parsed_content("intensity") == "imagenet", config
+        assert parser.get_parsed_content("plan").intensity == "imagenet", configs
 
     bad = run_command_failing(["training", "--config_file", "configs/train.yaml", "--bundle_root", tmp_path / "bad",
                                "--fine_weights", tmp_path / "nowhere.pth", "--max_epochs", "1"])  # fmt: skip

@@ -16,14 +16,15 @@
 
 Give it the folder training wrote to (``--bundle_root``: ``models/model.pt``, ``models/checkpoint.pt``,
 ``runs/train/datalist.json`` and, if you ran ``configs/evaluate.yaml``, ``eval/``) and the same network
-config and settings the model was trained with: ``--config_file`` (merged over train, evaluate and
+config and settings the model was trained with: ``--config_file`` (merged over the train and
 inference configs, as in training) and any ``--<id> <value>`` override (``--preset small``,
 ``--roi_size "[96, 96]"``, ``--max_epochs 100`` ...). It writes ``OUTPUT/NAME/`` and
 ``OUTPUT/NAME_vVERSION.zip`` (the folder at its top level, as zoo zips are):
 
 - ``configs/``: ``metadata.json`` (MONAI's 20240725 schema; the package versions of this machine),
-  ``inference.json``, ``train.json``, ``evaluate.json``, ``multi_gpu_train.json`` (4-space JSON, as the
-  zoo formats them), ``logging.conf``;
+  ``inference.json`` (standalone: train.yaml's network, settings and transforms written out),
+  ``train.json``, and the overlays on it ``evaluate.json``, ``multi_gpu_train.json`` and
+  ``multi_gpu_evaluate.json`` (4-space JSON, as the zoo formats them), ``logging.conf``;
 - ``models/model.pt`` (weights only) and ``models/model.ts`` (MONAI's ``ckpt_export``, traced: the
   networks cannot be scripted, MONAI's 2D ``PatchEmbed`` indexes a third patch size), optionally
   ``models/model.onnx`` checked against ONNX Runtime;

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Dict, Sequence
 
 import yaml
+from monai.bundle.utils import ID_SEP_KEY, MACRO_KEY
 
 from bundle.errors import BundleInputError
 from bundle.workflows.planning import PLANNED
@@ -53,6 +54,9 @@ def merged_configs(
         try:  # an overlay is shipped as it is: its ids (e.g. train#sampler) name the config it goes over
             content = ConfigParser.load_config_file(path) if name in OVERLAY_CONFIGS else None
             parser = ConfigParser(content if content is not None else ConfigParser.load_config_files(files))
+            # `%configs/train.yaml#id` macros written out: the zoo's configs stand alone
+            parser.set(_rooted_macros(parser.get(), configs_dir.resolve().parent))
+            parser.resolve_macro_and_relative_ids()
         except (OSError, KeyError, ValueError, yaml.YAMLError) as e:
             raise BundleInputError(f"cannot read the configs {files}: {e}") from e
         for key, value in overrides.items():
@@ -64,6 +68,22 @@ def merged_configs(
     if unknown:
         raise BundleInputError(f"--{unknown[0]} is not a setting of the configs in {configs_dir} (a typo?)")
     return configs
+
+
+def _rooted_macros(node: Any, root: Path) -> Any:
+    """MONAI's ``%path#id`` macros with their relative paths taken from the bundle root ``root`` (MONAI reads them
+    from the working directory, which for ``monai.bundle run`` is the bundle root)."""
+    if isinstance(node, dict):
+        return {k: _rooted_macros(v, root) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_rooted_macros(v, root) for v in node]
+    if isinstance(node, str) and node.startswith(MACRO_KEY):
+        from monai.bundle import ConfigParser
+
+        path, ids = ConfigParser.split_path_id(node[len(MACRO_KEY) :])
+        if path and not Path(path).is_absolute():
+            return f"{MACRO_KEY}{root / path}{ID_SEP_KEY}{ids}"
+    return node
 
 
 def _add_requires(node: Any) -> Any:

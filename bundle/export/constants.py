@@ -19,10 +19,10 @@ logger = logging.getLogger(__name__)
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 # the repository's configs/NAME.yaml, exported as configs/NAME.json (zoo bundles use JSON)
-WORKFLOW_CONFIGS = ("inference", "train", "evaluate", "multi_gpu_train", "inference_onnx")
-# merged by the user over another (`--config_file "['configs/train.json','configs/multi_gpu_train.json']"`,
-# inference_onnx over inference): network configs go into the base configs only
-OVERLAY_CONFIGS = ("multi_gpu_train", "inference_onnx")
+WORKFLOW_CONFIGS = ("inference", "train", "evaluate", "multi_gpu_train", "multi_gpu_evaluate", "inference_onnx")
+# merged by the user over another (`--config_file "['configs/train.json','configs/evaluate.json']"`, the
+# multi-GPU files over those, inference_onnx over inference): network configs go into the base configs only
+OVERLAY_CONFIGS = ("evaluate", "multi_gpu_train", "multi_gpu_evaluate", "inference_onnx")
 # shipped only with models/model.onnx
 ONNX_CONFIGS = ("inference_onnx",)
 # what the bundle's code and configs import besides MONAI, PyTorch and NumPy (pip names)

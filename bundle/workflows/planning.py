@@ -221,6 +221,45 @@ def read_plan(output_dir: str | os.PathLike) -> Dict[str, Any]:
         raise BundleInputError(f"cannot read the training plan {path}: {e}") from e
 
 
+@dataclass
+class RecordedPlan:
+    """What a trained model expects, for evaluation and inference: the scale, intensity and largest-component
+    choice of the training run's ``plan.json``; a setting given (not ``auto``) wins. The configs read it as
+    training reads its :class:`TrainingPlan` (``$@plan.image_size``)."""
+
+    image_size: List[int] | None
+    roi_size: List[int]
+    intensity: str = "minmax"
+    keep_largest: bool = False
+
+    @classmethod
+    def read(
+        cls,
+        output_dir: str | os.PathLike,
+        image_size: Any = AUTO,
+        roi_size: Any = AUTO,
+        intensity: Any = AUTO,
+        keep_largest: Any = AUTO,
+    ) -> "RecordedPlan":
+        """The plan of the run in ``output_dir`` (a run without one, or an exported bundle, gives its settings:
+        sliding 64 px windows and min/max intensities unless they are given)."""
+        plan = read_plan(output_dir)
+        if _is_auto(intensity):
+            intensity = plan.get("intensity", "minmax")
+        if intensity not in INTENSITIES:
+            raise BundleInputError(f"--intensity {intensity!r}: give auto or one of {', '.join(INTENSITIES)}.")
+        if _is_auto(keep_largest):
+            keep_largest = plan.get("keep_largest", False)
+        if not isinstance(keep_largest, bool):
+            raise BundleInputError(f"--keep_largest {keep_largest!r}: give auto, true or false.")
+        return cls(
+            image_size=plan.get("image_size") if _is_auto(image_size) else _size_setting("image_size", image_size, True),
+            roi_size=(plan.get("roi_size") or [64, 64]) if _is_auto(roi_size) else _size_setting("roi_size", roi_size, False),
+            intensity=intensity,
+            keep_largest=keep_largest,
+        )
+
+
 def update_plan(output_dir: str | os.PathLike, **choices: Any) -> bool:
     """Record later ``choices`` (e.g. evaluation's ``keep_largest``) in the run's ``plan.json``; False
     (nothing written) where the run has no plan."""

@@ -43,7 +43,7 @@ from monai.utils import ensure_tuple_rep
 
 from bundle.networks.blocks.mlp import prenorm_mlp
 from bundle.networks.memory import recomputes, release_heap_in_backward
-from bundle.networks.tracing import is_compiling
+from bundle.networks.padding import pad_to_multiple, padded_sizes
 
 __all__ = [
     "FusedWindowAttention",
@@ -148,15 +148,8 @@ class SwinBlock(SwinTransformerBlock):
     def forward_part1(self, x: torch.Tensor, mask_matrix: torch.Tensor | None) -> torch.Tensor:
         x = self.norm1(x)
         spatial = list(x.shape[1:-1])
-        # whole windows by ceiling division: an exporter with symbolic sizes then needs no divisibility proof
-        padded: List[int] = [x.shape[0]] + [(s + w - 1) // w * w for s, w in zip(spatial, self.window_size)]
-        pad: List[int] = [0, 0]
-        for i in range(len(spatial) - 1, -1, -1):
-            pad += [0, padded[i + 1] - spatial[i]]
-        # always padded when compiling or exporting: no branch on a symbolic size
-        cropped = is_compiling() or sum(pad) > 0
-        if cropped:
-            x = F.pad(x, pad)
+        x, cropped = pad_to_multiple(x, self.window_size, channel_last=True)  # whole windows
+        padded: List[int] = [x.shape[0]] + list(x.shape[1:-1])
         dims = list(range(1, len(spatial) + 1))
         if self.shifted:
             x = torch.roll(x, shifts=[-s for s in self.shift_size], dims=dims)
@@ -230,8 +223,9 @@ class SwinStage(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        padded = [(s + w - 1) // w * w for s, w in zip(x.shape[1:-1], self.window_size)]
-        mask = shifted_window_mask(padded, self.window_size, self.shift_size, x.device)
+        mask = shifted_window_mask(
+            padded_sizes(x.shape[1:-1], self.window_size), self.window_size, self.shift_size, x.device
+        )
         for block in self.blocks:
             x = block(x, mask)
         return x

@@ -33,7 +33,7 @@ from monai.networks.layers import Pool
 from bundle.networks.blocks.swin import SwinBranch, SwinStage
 from bundle.networks.blocks.tif import TIF
 from bundle.networks.memory import recomputes, release_heap_in_backward
-from bundle.networks.tracing import is_compiling
+from bundle.networks.padding import pad_to_multiple
 from bundle.networks.swin_weights import load_swin_weights
 
 __all__ = ["DSTransUNet", "PRESETS", "convert_authors_state_dict"]
@@ -418,12 +418,7 @@ class DSTransUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | List[torch.Tensor]:
         size = list(x.shape[2:])
-        m = self.size_multiple
-        pad: List[int] = []
-        for s in reversed(size):
-            pad += [0, (s + m - 1) // m * m - s]  # ceiling division: exportable with symbolic sizes
-        if is_compiling() or sum(pad) > 0:
-            x = F.pad(x, pad)
+        x, _ = pad_to_multiple(x, [self.size_multiple] * len(size))
         skips = self._skips(x)
         stem_full = self.stem_full(x)
         stem_half = self._run(self.stem_half, stem_full, cheap=True)
