@@ -95,6 +95,25 @@ def test_evaluate_writes_per_image_metrics_summary_and_pngs(demo_run):
     assert (out / "predictions" / f"{stem}_overlay.png").is_file()
 
 
+def test_evaluating_with_another_network_than_trained_is_one_error_naming_both(demo_run):
+    """The run's plan records the network class; evaluation and inference built with another network file
+    stop with one line naming the model file and both classes, and write nothing."""
+    root, _ = demo_run
+    images = ["--inputs", str(root / "runs" / "train" / "demo_data" / "images")]
+    for configs, extra in (("['configs/train.yaml','configs/networks/unet.yaml','configs/evaluate.yaml']", []),
+                           ("['configs/inference.yaml','configs/networks/unet.yaml']", images)):  # fmt: skip
+        result = subprocess.run(
+            [sys.executable, "-m", "monai.bundle", "run", "--config_file", configs, "--bundle_root", str(root),
+             *extra, "--output_dir", str(root / "wrong")],
+            cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR:")]
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+        assert len(errors) == 1 and "was trained as DSTransUNet" in errors[0] and "build BasicUNet" in errors[0]
+        assert str(root / "models" / "model.pt") in errors[0]
+        assert not (root / "wrong").exists()
+
+
 def test_inference_any_size_and_unreadable_files(demo_run, tmp_path):
     root, _ = demo_run
     images = sorted((root / "runs" / "train" / "demo_data" / "images").glob("*.png"))[:3]

@@ -287,20 +287,31 @@ def _fitting_preset(network: torch.nn.Module, state: Mapping[str, Any]) -> str:
     return f"; the file's fine branch has width {embed.shape[0]} and depths {depths}, no preset's"
 
 
-def load_model_weights(network: torch.nn.Module, path: str | Path, map_location: Any = "cpu") -> torch.nn.Module:
+def load_model_weights(
+    network: torch.nn.Module, path: str | Path, map_location: Any = "cpu", trained_as: str | None = None
+) -> torch.nn.Module:
     """Load a state dict saved by training (``models/model.pt``) into ``network`` and return it.
 
+    Args:
+        trained_as: the network class the training run recorded in its plan (None: not known).
+
     Raises:
-        BundleInputError: no file at ``path``, or its weights do not fit ``network`` (trained with
-            another preset or channel count).
+        BundleInputError: no file at ``path``, a network of another class than ``trained_as``, or weights
+            that do not fit ``network`` (trained with another preset or channel count).
     """
     path = Path(path)
     if not path.is_file():
         raise BundleInputError(f"no trained model at {path}: train first (configs/train.yaml) or set --model_path.")
+    target = network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
+    built = type(target).__name__
+    if trained_as and trained_as != built:
+        raise BundleInputError(
+            f"{path} was trained as {trained_as} (its run's plan.json), but the configs build {built}: add the "
+            "network's file from configs/networks/ that training used, after configs/train.yaml."
+        )
     state = read_checkpoint(path, map_location)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
-    target = network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
     try:
         target.load_state_dict(state, strict=True)
     except RuntimeError as e:

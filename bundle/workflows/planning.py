@@ -231,6 +231,7 @@ class RecordedPlan:
     roi_size: List[int]
     intensity: str = "minmax"
     keep_largest: bool = False
+    network: str | None = None  # the class the run trained (None: no plan, e.g. an exported bundle)
 
     @classmethod
     def read(
@@ -253,10 +254,15 @@ class RecordedPlan:
         if not isinstance(keep_largest, bool):
             raise BundleInputError(f"--keep_largest {keep_largest!r}: give auto, true or false.")
         return cls(
-            image_size=plan.get("image_size") if _is_auto(image_size) else _size_setting("image_size", image_size, True),
-            roi_size=(plan.get("roi_size") or [64, 64]) if _is_auto(roi_size) else _size_setting("roi_size", roi_size, False),
+            image_size=(
+                plan.get("image_size") if _is_auto(image_size) else _size_setting("image_size", image_size, True)
+            ),
+            roi_size=(
+                (plan.get("roi_size") or [64, 64]) if _is_auto(roi_size) else _size_setting("roi_size", roi_size, False)
+            ),
             intensity=intensity,
             keep_largest=keep_largest,
+            network=plan.get("settings", {}).get("network"),
         )
 
 
