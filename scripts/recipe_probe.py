@@ -32,6 +32,7 @@ from monai.networks.nets import BasicUNet  # noqa: E402
 from monai.optimizers import WarmupCosineSchedule  # noqa: E402
 
 from bundle.networks import DSTransUNet  # noqa: E402
+from bundle.networks.memory import enable_heap_release  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "kvasir-seg"
 
@@ -96,6 +97,7 @@ def run(name: str, images: int, size: int, data, seed: int) -> dict:
     generator = torch.Generator().manual_seed(seed)
     (train_x, train_y), (val_x, val_y) = data
     net = build(settings)
+    enable_heap_release()  # as the bundle's training does (HeapReleaseHandler)
     deep = settings.get("network") != "unet"
     loss_fn = DiceCELoss(sigmoid=True)
     if deep:

@@ -71,6 +71,35 @@ def test_checkpointing_changes_nothing_but_memory():
         torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
+def test_heap_release_is_the_training_sides_choice(monkeypatch):
+    """A network never changes the process's allocator: its recomputed segments return freed heap to the OS
+    in backward only after the training side (HeapReleaseHandler) turned that on."""
+    from ignite.engine import Engine
+
+    from bundle.networks import memory
+    from bundle.workflows.handlers import HeapReleaseHandler
+
+    trims = []
+    monkeypatch.setattr(memory, "_trim", lambda grad: trims.append(grad.shape))
+    monkeypatch.setattr(memory, "_RELEASING", False)
+    net = DSTransUNet(preset="tiny", use_checkpoint=True, deep_supervision=False).train()
+    x = torch.rand(1, 3, 64, 64)
+    net(x).sum().backward()
+    assert trims == []
+
+    engine = Engine(lambda e, batch: None)
+    HeapReleaseHandler(enabled=False).attach(engine)
+    engine.run([0])
+    assert not memory._RELEASING
+    HeapReleaseHandler(enabled=True).attach(engine)
+    engine.run([0])
+    if memory._glibc() is None:
+        pytest.skip("no glibc here: the release is a no-op")
+    assert memory._RELEASING
+    net(x).sum().backward()
+    assert trims  # each recomputed segment, as backward reaches it
+
+
 @pytest.mark.parametrize(
     "variant",
     [dict(dual_scale=False), dict(fusion="concat"), dict(decoder="conv"), dict(dual_scale=False, decoder="conv")],

@@ -20,10 +20,12 @@ only ever worth its time when a backward will follow in eager PyTorch, so never 
 glibc serves blocks of up to 32 MB from its heap (its mmap threshold rises to the largest block
 freed so far), and freed heap pages stay resident: on the CPU a process's memory is that of its
 heap, not that of its live tensors. Under activation checkpointing, whose point is memory, that
-garbage is most of what is left. So, on Linux with glibc, the first checkpointed segment fixes the
-mmap threshold at 1 MB (larger tensors get their own mappings and leave the process when freed;
-a process-wide setting) and each recomputed segment returns the heap's free pages
-(``malloc_trim``) as backward reaches it.
+garbage is most of what is left. So, on Linux with glibc, the training side (the workflow's
+``bundle.workflows.handlers.HeapReleaseHandler``, or a script that trains) calls
+:func:`enable_heap_release`: it fixes the mmap threshold at 1 MB (larger tensors get their own
+mappings and leave the process when freed; a process-wide setting) and from then on each recomputed
+segment returns the heap's free pages (``malloc_trim``) as backward reaches it. A network alone never
+changes the process's allocator.
 """
 
 from __future__ import annotations
@@ -35,12 +37,13 @@ from typing import Any
 
 import torch
 
-__all__ = ["recomputes", "release_heap_in_backward"]
+__all__ = ["recomputes", "enable_heap_release", "release_heap_in_backward"]
 
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number, from glibc's malloc.h
 _MMAP_THRESHOLD_BYTES = 1024 * 1024
 _GLIBC: Any | None = None
 _LOOKED_UP = False
+_RELEASING = False
 
 
 def recomputes(requested: bool = True) -> bool:
@@ -63,22 +66,31 @@ def _glibc() -> Any | None:
             except OSError:
                 libc = None
             if libc is not None and hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt"):
-                libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
                 _GLIBC = libc
     return _GLIBC
 
 
-def _trim(grad: torch.Tensor) -> None:
+def enable_heap_release(enabled: bool = True) -> bool:
+    """Turn the release of freed CPU heap on (or off) for this process: the training side's choice. On Linux
+    with glibc, fixes the mmap threshold at 1 MB; returns whether the release is on."""
+    global _RELEASING
     libc = _glibc()
-    if libc is not None:
-        libc.malloc_trim(0)
+    _RELEASING = bool(enabled) and libc is not None
+    if _RELEASING:
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
+    return _RELEASING
+
+
+def _trim(grad: torch.Tensor) -> None:
+    if _RELEASING:
+        _GLIBC.malloc_trim(0)
 
 
 @torch.jit.unused
 def release_heap_in_backward(output: Any) -> Any:
-    """Return ``output`` (a tensor or a tuple of them); when backward reaches it (CPU, glibc only),
-    the heap's free pages go back to the operating system."""
+    """Return ``output`` (a tensor or a tuple of them); when backward reaches it (CPU, after
+    :func:`enable_heap_release`), the heap's free pages go back to the operating system."""
     tensor = output[0] if isinstance(output, (tuple, list)) else output
-    if tensor.requires_grad and tensor.device.type == "cpu" and _glibc() is not None:
+    if _RELEASING and tensor.requires_grad and tensor.device.type == "cpu":
         tensor.register_hook(_trim)
     return output

@@ -125,6 +125,28 @@ class GradientClipHandler:
         torch.nn.utils.clip_grad_norm_(engine.network.parameters(), self.max_norm)
 
 
+class HeapReleaseHandler:
+    """When training starts on the CPU, hand freed heap memory back to the operating system as the networks'
+    recomputed segments run backward (``bundle.networks.memory.enable_heap_release``: Linux with glibc;
+    a process-wide allocator setting, so the training side decides it, not a network).
+
+    Args:
+        enabled: False leaves the allocator as it is (e.g. on CUDA, where host memory is not the limit).
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        from bundle.networks.memory import enable_heap_release
+
+        if enable_heap_release(self.enabled):
+            logger.debug("Freed CPU heap goes back to the OS during backward (glibc mmap threshold 1 MB).")
+
+
 class LargestComponentDecision:
     """Decide, on the validation split, whether inference keeps only the largest connected component.
 
