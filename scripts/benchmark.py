@@ -161,7 +161,7 @@ def run_case(case: Dict[str, Any]) -> Dict[str, Any]:
                 model(*inputs)
                 times.append(time.perf_counter() - t0)
     else:
-        if case["kind"] == "ds":  # as the bundle's training does (HeapReleaseHandler)
+        if case["kind"] == "ds" and case.get("checkpoint"):  # as the bundle's training does (HeapReleaseHandler)
             from bundle.networks.memory import enable_heap_release
 
             enable_heap_release()

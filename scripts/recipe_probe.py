@@ -97,7 +97,7 @@ def run(name: str, images: int, size: int, data, seed: int) -> dict:
     generator = torch.Generator().manual_seed(seed)
     (train_x, train_y), (val_x, val_y) = data
     net = build(settings)
-    enable_heap_release()  # as the bundle's training does (HeapReleaseHandler)
+    enable_heap_release(net.use_checkpoint)  # as the bundle's training does (HeapReleaseHandler)
     deep = settings.get("network") != "unet"
     loss_fn = DiceCELoss(sigmoid=True)
     if deep:
