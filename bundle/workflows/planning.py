@@ -262,7 +262,7 @@ class RecordedPlan:
             ),
             intensity=intensity,
             keep_largest=keep_largest,
-            network=plan.get("settings", {}).get("network"),
+            network=(plan.get("settings") or {}).get("network"),
         )
 
 
