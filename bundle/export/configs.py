@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Dict, Sequence
 
 import yaml
+from monai.bundle import ConfigParser
 from monai.bundle.utils import ID_SEP_KEY, MACRO_KEY
 
 from bundle.errors import BundleInputError
@@ -40,8 +41,6 @@ def merged_configs(
     Raises:
         BundleInputError: a config is missing or unreadable, or an override names an id no config has.
     """
-    from monai.bundle import ConfigParser
-
     for path in extra_files:
         if not Path(path).is_file():
             raise BundleInputError(f"cannot read the config {path}: no such file")
@@ -78,8 +77,6 @@ def _rooted_macros(node: Any, root: Path) -> Any:
     if isinstance(node, list):
         return [_rooted_macros(v, root) for v in node]
     if isinstance(node, str) and node.startswith(MACRO_KEY):
-        from monai.bundle import ConfigParser
-
         path, ids = ConfigParser.split_path_id(node[len(MACRO_KEY) :])
         if path and not Path(path).is_absolute():
             return f"{MACRO_KEY}{root / path}{ID_SEP_KEY}{ids}"
