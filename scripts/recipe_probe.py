@@ -47,6 +47,11 @@ VARIANTS = {
     "wd0.05": {"weight_decay": 0.05},
     "small": {"net": {"preset": "small"}},
     "unet": {"network": "unet"},
+    "conv_decoder": {"net": {"decoder": "conv"}},
+    "single_scale": {"net": {"dual_scale": False}},
+    "window4": {"net": {"window_size": 4}},
+    "window8": {"net": {"window_size": 8}},
+    "no_deep_supervision": {"deep_supervision": False},
 }
 
 
@@ -65,7 +70,8 @@ def build(settings: dict) -> torch.nn.Module:
     if settings.get("network") == "unet":
         return BasicUNet(spatial_dims=2, in_channels=3, out_channels=1)
     kwargs = {"preset": "tiny", **settings.get("net", {})}
-    return DSTransUNet(spatial_dims=2, in_channels=3, out_channels=1, deep_supervision=True, **kwargs)
+    deep = settings.get("deep_supervision", True)
+    return DSTransUNet(spatial_dims=2, in_channels=3, out_channels=1, deep_supervision=deep, **kwargs)
 
 
 def augment(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator):
@@ -97,8 +103,8 @@ def run(name: str, images: int, size: int, data, seed: int) -> dict:
     generator = torch.Generator().manual_seed(seed)
     (train_x, train_y), (val_x, val_y) = data
     net = build(settings)
-    enable_heap_release(net.use_checkpoint)  # as the bundle's training does (HeapReleaseHandler)
-    deep = settings.get("network") != "unet"
+    enable_heap_release(getattr(net, "use_checkpoint", False))  # as the bundle's training does (HeapReleaseHandler)
+    deep = settings.get("network") != "unet" and settings.get("deep_supervision", True)
     loss_fn = DiceCELoss(sigmoid=True)
     if deep:
         loss_fn = DeepSupervisionLoss(loss_fn, weights=[0.6, 0.2, 0.2])
@@ -129,6 +135,7 @@ def run(name: str, images: int, size: int, data, seed: int) -> dict:
                 {
                     "step": index + 1,
                     "val_dice": round(dice(net, val_x, val_y), 4),
+                    "train_dice": round(dice(net, train_x[:100], train_y[:100]), 4),
                     "loss": round(float(np.mean(losses[-50:])), 4),
                 }
             )

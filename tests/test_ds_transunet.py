@@ -71,6 +71,42 @@ def test_checkpointing_changes_nothing_but_memory():
         torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
+def test_cheap_recomputation_only_on_large_maps(monkeypatch):
+    """The network decides once per forward: below CHEAP_RECOMPUTE_MIN_BYTES of first token map nothing is
+    recomputed by default, above it the cheap pieces are; gradients are the same either way, with and
+    without use_checkpoint (whose recomputation must save what its forward saved)."""
+    import torch.utils.checkpoint
+
+    from bundle.networks import memory
+
+    calls = []
+    real = torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    torch.manual_seed(1)
+    x = torch.rand(2, 3, 64, 64)  # tiny: 2 x 16 x 16 tokens x 32 channels x 4 bytes = 64 KiB
+    weights = _zero_drop_path().state_dict()
+    grads = {}
+    for label, threshold, use_checkpoint in [
+        ("small map", memory.CHEAP_RECOMPUTE_MIN_BYTES, False),
+        ("large map", 1, False),
+        ("small map, use_checkpoint", memory.CHEAP_RECOMPUTE_MIN_BYTES, True),
+        ("large map, use_checkpoint", 1, True),
+    ]:
+        monkeypatch.setattr(memory, "CHEAP_RECOMPUTE_MIN_BYTES", threshold)
+        net = _zero_drop_path(use_checkpoint=use_checkpoint).train()
+        net.load_state_dict(weights)
+        calls.clear()
+        net(x).sum().backward()
+        grads[label] = [p.grad for p in net.parameters()]
+        if label == "small map":
+            assert calls == []  # stored, not recomputed
+        else:
+            assert calls
+    for label, g in grads.items():
+        for a, b in zip(grads["small map"], g):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=label)
+
+
 def test_heap_release_is_the_training_sides_choice(monkeypatch):
     """A network never changes the process's allocator: its recomputed segments return freed heap to the OS
     in backward only after the training side (HeapReleaseHandler) turned that on."""

@@ -16,6 +16,17 @@ and handing freed CPU memory back to the operating system as a checkpointed back
 only ever worth its time when a backward will follow in eager PyTorch, so never under
 ``torch.no_grad``, TorchScript tracing or scripting, or ``torch.export`` (ONNX's dynamo exporter).
 
+Two kinds of recomputation ask it. ``use_checkpoint`` (the memory knob a user sets) recomputes whole
+blocks. The *cheap* recomputations that run by default (window attention's q/k/v, the pre-norm MLPs'
+hidden activations, DS-TransUNet's full-resolution conv stages) buy much memory for a few percent of
+the time on large maps, but on small ones the memory they save is small and their overhead is
+not: measured (docs/benchmarks.md, "What recomputation buys"), a ``tiny`` step at 128 px, batch 8,
+is 25% faster without them and a ``base`` step at 256 px 14% faster, for 0.2-0.3 GB, while at 512 px
+they save 1.7 GB of ``base``'s 4.9 GB for 8% of its time. So a network decides once per forward, from
+the size of its largest token map, whether the cheap ones run (:func:`cheap_recomputation`, with
+:data:`CHEAP_RECOMPUTE_MIN_BYTES`); a block used on its own keeps them on. :func:`checkpoint` carries
+that decision into backward, where the recomputed forward runs outside the network's ``forward``.
+
 
 glibc serves blocks of up to 32 MB from its heap (its mmap threshold rises to the largest block
 freed so far), and freed heap pages stay resident: on the CPU a process's memory is that of its
@@ -30,14 +41,29 @@ changes the process's allocator.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ctypes
 import ctypes.util
 import sys
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
+import torch.utils.checkpoint
 
-__all__ = ["recomputes", "enable_heap_release", "release_heap_in_backward"]
+__all__ = [
+    "CHEAP_RECOMPUTE_MIN_BYTES",
+    "cheap_recomputation",
+    "checkpoint",
+    "recomputes",
+    "enable_heap_release",
+    "release_heap_in_backward",
+]
+
+# A network's cheap recomputation runs when its largest token map has at least this many bytes: a
+# ``base`` model's first fine stage is 8 MiB at 512 px (recomputes) and 2 MiB at 256 px (does not).
+CHEAP_RECOMPUTE_MIN_BYTES = 4 * 2**20
+_CHEAP = contextvars.ContextVar("cheap_recomputation", default=True)
 
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number, from glibc's malloc.h
 _MMAP_THRESHOLD_BYTES = 1024 * 1024
@@ -46,14 +72,48 @@ _LOOKED_UP = False
 _RELEASING = False
 
 
-def recomputes(requested: bool = True) -> bool:
-    """Whether a block that ``requested`` recomputation (its ``use_checkpoint``, or always for a cheap
-    one) recomputes now: only with autograd on, in eager PyTorch."""
+def recomputes(requested: bool = True, cheap: bool = False) -> bool:
+    """Whether a block that ``requested`` recomputation (its ``use_checkpoint``, or a ``cheap`` one)
+    recomputes now: only with autograd on, in eager PyTorch, and a cheap one only where the network
+    running it allows it (:func:`cheap_recomputation`)."""
     if not requested or not torch.is_grad_enabled():
         return False
-    if torch.jit.is_scripting() or torch.jit.is_tracing():
+    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_exporting():
         return False
-    return not torch.compiler.is_exporting()
+    return not cheap or _CHEAP.get()
+
+
+@contextlib.contextmanager
+def cheap_recomputation(largest_map_bytes: float) -> Iterator[bool]:
+    """Within this context, cheap recomputation runs only if ``largest_map_bytes`` (the size of the
+    network's largest token map in this forward) is at least :data:`CHEAP_RECOMPUTE_MIN_BYTES`;
+    yields that decision."""
+    token = _CHEAP.set(largest_map_bytes >= CHEAP_RECOMPUTE_MIN_BYTES)
+    try:
+        yield _CHEAP.get()
+    finally:
+        _CHEAP.reset(token)
+
+
+@contextlib.contextmanager
+def _cheap_state(enabled: bool) -> Iterator[None]:
+    token = _CHEAP.set(enabled)
+    try:
+        yield
+    finally:
+        _CHEAP.reset(token)
+
+
+def checkpoint(function: Callable[..., Any], *args: Any) -> Any:
+    """``torch.utils.checkpoint.checkpoint`` (non-reentrant) whose recomputation in backward makes the
+    cheap-recomputation decision its forward made, so that both save the same tensors."""
+    enabled = _CHEAP.get()
+    return torch.utils.checkpoint.checkpoint(
+        function,
+        *args,
+        use_reentrant=False,
+        context_fn=lambda: (contextlib.nullcontext(), _cheap_state(enabled)),
+    )
 
 
 def _glibc() -> Any | None:

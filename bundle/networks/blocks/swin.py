@@ -32,7 +32,6 @@ from typing import List, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint as checkpoint
 from monai.networks.blocks import PatchEmbed
 from monai.networks.nets.swin_unetr import (
     PatchMergingV2,
@@ -42,7 +41,7 @@ from monai.networks.nets.swin_unetr import (
 from monai.utils import ensure_tuple_rep
 
 from bundle.networks.blocks.mlp import prenorm_mlp
-from bundle.networks.memory import recomputes, release_heap_in_backward
+from bundle.networks.memory import checkpoint, recomputes, release_heap_in_backward
 from bundle.networks.padding import pad_to_multiple, padded_sizes
 
 __all__ = [
@@ -66,8 +65,8 @@ class FusedWindowAttention(WindowAttention):
     """
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        if recomputes():
-            out = checkpoint.checkpoint(self.attend, x, mask, use_reentrant=False)
+        if recomputes(cheap=True):
+            out = checkpoint(self.attend, x, mask)
         else:
             out = self.attend(x, mask)
         return self.proj_drop(self.proj(out))
@@ -136,9 +135,9 @@ class SwinBlock(SwinTransformerBlock):
     def forward(self, x: torch.Tensor, mask_matrix: torch.Tensor | None) -> torch.Tensor:
         # as MONAI's block, but checkpointing only where there is a backward to save memory for
         if recomputes(self.use_checkpoint):
-            attn = checkpoint.checkpoint(self.forward_part1, x, mask_matrix, use_reentrant=False)
+            attn = checkpoint(self.forward_part1, x, mask_matrix)
             x = x + self.drop_path(release_heap_in_backward(attn))
-            return x + release_heap_in_backward(checkpoint.checkpoint(self.forward_part2, x, use_reentrant=False))
+            return x + release_heap_in_backward(checkpoint(self.forward_part2, x))
         x = x + self.drop_path(self.forward_part1(x, mask_matrix))
         return x + self.forward_part2(x)
 

@@ -26,13 +26,12 @@ from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint as checkpoint
 from monai.networks.blocks import Convolution
 from monai.networks.layers import Pool
 
 from bundle.networks.blocks.swin import SwinBranch, SwinStage
 from bundle.networks.blocks.tif import TIF
-from bundle.networks.memory import recomputes, release_heap_in_backward
+from bundle.networks.memory import cheap_recomputation, checkpoint, recomputes, release_heap_in_backward
 from bundle.networks.padding import pad_to_multiple
 from bundle.networks.swin_weights import load_swin_weights
 
@@ -169,9 +168,10 @@ class DSTransUNet(nn.Module):
     Any input size works: the input is zero-padded right/bottom to a multiple of the coarsest
     stride (64 for the presets) and the logits are cropped back to the input's size.
 
-    In training, cheap activations are recomputed in backward rather than stored (window
-    attention, the pre-norm MLPs, the full-resolution conv stages); ``use_checkpoint`` recomputes
-    everything else too. Export with ``torch.jit.trace`` (MONAI's ``PatchEmbed`` cannot be
+    In training on large maps (the fine branch's first token map of 4 MiB or more, e.g. ``base``
+    at 512 px), cheap activations are recomputed in backward rather than stored (window attention,
+    the pre-norm MLPs, the full-resolution conv stages; ``bundle.networks.memory``); on smaller ones
+    storing them is faster. ``use_checkpoint`` recomputes everything, at any size. Export with ``torch.jit.trace`` (MONAI's ``PatchEmbed`` cannot be
     scripted in 2D; the trace fixes the padding, so sides must be multiples of 64) or with
     ``torch.export`` / ``torch.onnx.export(..., dynamo=True)``, which keep batch, height and width
     symbolic (any size), in eval mode under ``torch.no_grad()``.
@@ -298,6 +298,8 @@ class DSTransUNet(nn.Module):
         self.deep_supervision = deep_supervision
         self.use_checkpoint = use_checkpoint
         self.size_multiple = max(patch_size, coarse_patch_size if dual_scale else 1) * 2 ** (n_stages - 1)
+        self.patch_size = patch_size
+        self.embed_dim = p["embed_dim"]
 
         dim = p["embed_dim"]
         channels = [dim * 2**i for i in range(n_stages)]
@@ -393,10 +395,10 @@ class DSTransUNet(nn.Module):
 
     # -- forward -----------------------------------------------------------------------------
     def _run(self, module: Callable[..., Any], *args: torch.Tensor, cheap: bool = False) -> Any:
-        """Run ``module``, recomputing it in backward under ``use_checkpoint``, or always when it is
-        ``cheap``: a full-resolution conv stage, whose activations are large and FLOPs few."""
-        if self.training and recomputes(self.use_checkpoint or cheap):
-            out = checkpoint.checkpoint(module, *args, use_reentrant=False)
+        """Run ``module``, recomputing it in backward under ``use_checkpoint``, or when it is ``cheap``
+        (a full-resolution conv stage, whose activations are large and FLOPs few) and the maps are large."""
+        if self.training and (recomputes(self.use_checkpoint) or (cheap and recomputes(cheap=True))):
+            out = checkpoint(module, *args)
             return release_heap_in_backward(out) if self.use_checkpoint else out
         return module(*args)
 
@@ -419,6 +421,13 @@ class DSTransUNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor | List[torch.Tensor]:
         size = list(x.shape[2:])
         x, _ = pad_to_multiple(x, [self.size_multiple] * len(size))
+        if self.training and recomputes():  # a backward follows: is the first token map large enough to recompute?
+            tokens = x.shape[0] * math.prod(s // self.patch_size for s in x.shape[2:])
+            with cheap_recomputation(tokens * self.embed_dim * x.element_size()):
+                return self._forward(x, size)
+        return self._forward(x, size)
+
+    def _forward(self, x: torch.Tensor, size: List[int]) -> torch.Tensor | List[torch.Tensor]:
         skips = self._skips(x)
         stem_full = self.stem_full(x)
         stem_half = self._run(self.stem_half, stem_full, cheap=True)
