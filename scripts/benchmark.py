@@ -27,6 +27,10 @@ import torch
 import torch.nn as nn
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from bundle.networks.memory import CHEAP_RECOMPUTE_MIN_BYTES  # noqa: E402
+from bundle.networks.nets.ds_transunet import PRESETS  # noqa: E402
 
 
 # -- the naive reference: the seed's TIF written with einsum and a materialised attention matrix --
@@ -141,8 +145,39 @@ def _build(case: Dict[str, Any]):
     return model, (x,)
 
 
+# the cheap-recomputation threshold the "What recomputation buys" cases force (None: the network decides)
+_CHEAP_THRESHOLDS = {"auto": None, "always": 0, "never": float("inf")}
+
+
+def _train_step(model: nn.Module, inputs: Any) -> None:
+    _outputs_sum(model(*inputs)).backward()
+    model.zero_grad(set_to_none=True)
+
+
+def _profile_rows(model: nn.Module, inputs: Any, rows: int) -> List[Dict[str, Any]]:
+    """The operators taking the most time in one training step (self CPU time, torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        _train_step(model, inputs)
+    events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in events)
+    return [
+        {"op": e.key, "calls": e.count, "ms": e.self_cpu_time_total / 1e3, "share": e.self_cpu_time_total / total}
+        for e in events[:rows]
+    ]
+
+
 def run_case(case: Dict[str, Any]) -> Dict[str, Any]:
     torch.set_num_threads(case["threads"])
+    if case["kind"] == "matmul":  # the machine's fp32 matrix-multiply rate, for scale
+        a, b = torch.rand(2048, 2048), torch.rand(2048, 2048)
+        times = []
+        for _ in range(case["repeats"] + 1):
+            t0 = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - t0)
+        return {"gflops_per_s": 2 * 2048**3 / statistics.median(times[1:]) / 1e9}
     model, inputs = _build(case)
     result: Dict[str, Any] = {"params_m": sum(p.numel() for p in model.parameters()) / 1e6}
     times: List[float] = []
@@ -161,19 +196,30 @@ def run_case(case: Dict[str, Any]) -> Dict[str, Any]:
                 model(*inputs)
                 times.append(time.perf_counter() - t0)
     else:
-        if case["kind"] == "ds" and case.get("checkpoint"):  # as the bundle's training does (HeapReleaseHandler)
-            from bundle.networks.memory import enable_heap_release
+        if case["kind"] == "ds":
+            from bundle.networks import memory
 
-            enable_heap_release()
+            if case.get("checkpoint"):  # as the bundle's training does (HeapReleaseHandler)
+                memory.enable_heap_release()
+            threshold = _CHEAP_THRESHOLDS[case.get("cheap", "auto")]
+            if threshold is not None:
+                memory.CHEAP_RECOMPUTE_MIN_BYTES = threshold
         model.train()
+        if case.get("flops"):  # forward + backward, as FlopCounterMode counts them
+            from torch.utils.flop_counter import FlopCounterMode
+
+            with FlopCounterMode(display=False) as counter:
+                _train_step(model, inputs)
+            result["gflops"] = counter.get_total_flops() / 1e9
         base = _peak_mb()
         for _ in range(case["repeats"] + 1):
             t0 = time.perf_counter()
-            _outputs_sum(model(*inputs)).backward()
+            _train_step(model, inputs)
             times.append(time.perf_counter() - t0)
-            model.zero_grad(set_to_none=True)
+        if case.get("profile"):
+            result["profile"] = _profile_rows(model, inputs, case["profile"])
     timed = times[1:] if len(times) > 1 else times
-    result.update(seconds=statistics.median(timed), peak_mb=_peak_mb(), step_mb=_peak_mb() - base)
+    result.update(seconds=statistics.median(timed), runs=timed, peak_mb=_peak_mb(), step_mb=_peak_mb() - base)
     return result
 
 
@@ -189,8 +235,34 @@ def measure(case: Dict[str, Any], env_extra: Dict[str, str]) -> Dict[str, Any]:
 
 
 # -- the report ---------------------------------------------------------------------------------
+ROUNDS = 2  # alternating processes per size in the comparison with the authors' model
+
+
 def _fmt(value: Any, spec: str) -> str:
     return format(value, spec) if isinstance(value, (int, float)) else str(value)
+
+
+def _mib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**20:g} MiB"
+
+
+def _pooled(results: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """One figure from several processes' measurements: the median of all timed steps, the largest peak."""
+    failed = [r for r in results if "error" in r]
+    if failed:
+        return failed[0]
+    runs = [t for r in results for t in r["runs"]]
+    return {"seconds": statistics.median(runs), "runs": runs, "peak_mb": max(r["peak_mb"] for r in results)}
+
+
+def _preset_row(label: str, size: int, fwd: Dict[str, Any], train: Dict[str, Any]) -> str:
+    rate = train["gflops"] / train["seconds"] if "gflops" in train and "seconds" in train else "-"
+    return (
+        f"| {label} | {size} | {_fmt(fwd.get('params_m', '-'), '.1f')} | {_fmt(fwd.get('gflops', '-'), '.1f')} "
+        f"| {_fmt(fwd.get('seconds', fwd.get('error')), '.2f')} | {_fmt(fwd.get('peak_mb', '-'), '.0f')} "
+        f"| {_fmt(train.get('seconds', train.get('error')), '.2f')} | {_fmt(train.get('peak_mb', '-'), '.0f')} "
+        f"| {_fmt(rate, '.0f')} |"
+    )
 
 
 def gpu_section(results_path: str) -> List[str]:
@@ -250,16 +322,25 @@ def main() -> None:
         "",
     ]
 
+    matmul = measure(dict(common, kind="matmul"), {})
+    lines += [
+        f"For scale: a 2048 x 2048 fp32 matrix multiply runs at {_fmt(matmul.get('gflops_per_s', '-'), '.0f')} "
+        "GFLOP/s here, about what this machine's cores can do; a training step mixes far less efficient work in.",
+        "",
+    ]
+
     # 1. TIF against the naive einsum TIF (same math, same parameters)
     sides = [16, 32] if args.quick else [32, 64, 88, 128]
     lines += [
         "## TIF vs. a naive einsum TIF",
         "",
         "`TIF(64, 64)` against `NaiveTIF` (the seed's math with a materialised N x N attention matrix, "
-        "in this script), forward + backward, batch 2, 64 channels, both maps with the given tokens.",
+        "in this script), forward + backward, batch 2, 64 channels, both maps with the given tokens. "
+        "*TIF GFLOP/s* is the forward and backward FLOPs (FlopCounterMode) over TIF's time.",
         "",
-        "| tokens | naive s | TIF s | speed-up | naive step MB | TIF step MB | memory ratio | TIF process peak MB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| tokens | naive s | TIF s | speed-up | naive step MB | TIF step MB | memory ratio | TIF process peak MB "
+        "| TIF GFLOP/s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for side in sides:
         case = dict(common, mode="train", channels=64, tokens_side=side, batch=2)
@@ -267,7 +348,7 @@ def main() -> None:
             naive = {"error": f"not run (> {args.naive_max_side} x {args.naive_max_side})"}
         else:
             naive = measure(dict(case, kind="naive_tif"), {})
-        ours = measure(dict(case, kind="tif"), {})
+        ours = measure(dict(case, kind="tif", flops=True), {})
         print("TIF", side, naive, ours, flush=True)
         speed = ratio = "-"
         if "seconds" in naive and "seconds" in ours:
@@ -276,10 +357,11 @@ def main() -> None:
         lines.append(
             f"| {side} x {side} | {_fmt(naive.get('seconds', naive.get('error')), '.3f')} "
             f"| {_fmt(ours.get('seconds', ours.get('error')), '.3f')} | {speed} | {_fmt(naive.get('step_mb', '-'), '.0f')} "
-            f"| {_fmt(ours.get('step_mb', '-'), '.0f')} | {ratio} | {_fmt(ours.get('peak_mb', '-'), '.0f')} |"
+            f"| {_fmt(ours.get('step_mb', '-'), '.0f')} | {ratio} | {_fmt(ours.get('peak_mb', '-'), '.0f')} "
+            f"| {_fmt(ours['gflops'] / ours['seconds'] if 'gflops' in ours and 'seconds' in ours else '-', '.0f')} |"
         )
 
-    # 2. DSTransUNet presets (and the authors' model where its code is given)
+    # 2. DSTransUNet presets
     if args.quick:
         grid = [("tiny", [64])]
     else:
@@ -290,37 +372,115 @@ def main() -> None:
         "",
         "Batch 1, 3 input channels, 1 class. *fwd* is inference (eval, no grad); *fwd+bwd* is one "
         "training step's forward and backward (train mode, deep supervision on). GFLOPs count a "
-        "multiply-add as 2 (torch's FlopCounterMode).",
+        "multiply-add as 2 (torch's FlopCounterMode); *fwd+bwd GFLOP/s* is what the training step executes "
+        "(recomputation included) over its time.",
         "",
-        "| model | input | params (M) | GFLOPs | fwd s | fwd peak MB | fwd+bwd s | fwd+bwd peak MB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | input | params (M) | GFLOPs | fwd s | fwd peak MB | fwd+bwd s | fwd+bwd peak MB | fwd+bwd GFLOP/s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     models = [(f"DSTransUNet `{p}`", dict(kind="ds", preset=p), sizes) for p, sizes in grid]
     if not args.quick:
         models.append(("DSTransUNet `base`, use_checkpoint", dict(kind="ds", preset="base", checkpoint=True), [512]))
-    if args.authors_code:
-        models.append(
-            (
-                "authors' `UNet(128, 1)`",
-                dict(kind="authors", authors_code=os.path.abspath(args.authors_code)),
-                [256, 512],
-            )
-        )
     for label, spec, sizes in models:
         for size in sizes:
             fwd = measure(dict(common, **spec, mode="forward", size=size, flops=True), {})
-            train = measure(dict(common, **spec, mode="train", size=size, repeats=1), {})
+            train = measure(dict(common, **spec, mode="train", size=size, flops=True), {})
             print(label, size, fwd, train, flush=True)
-            lines.append(
-                f"| {label} | {size} | {_fmt(fwd.get('params_m', '-'), '.1f')} | {_fmt(fwd.get('gflops', '-'), '.1f')} "
-                f"| {_fmt(fwd.get('seconds', fwd.get('error')), '.2f')} | {_fmt(fwd.get('peak_mb', '-'), '.0f')} "
-                f"| {_fmt(train.get('seconds', train.get('error')), '.1f')} | {_fmt(train.get('peak_mb', '-'), '.0f')} |"
-            )
+            lines.append(_preset_row(label, size, fwd, train))
 
-    # 3. the 512 training step under glibc's fixed mmap threshold (freed memory goes back to the OS)
-    if not args.quick:
+    # 3. against the authors' model: the same step, measured in alternating processes
+    if args.authors_code:
+        authors = dict(kind="authors", authors_code=os.path.abspath(args.authors_code))
+        sizes = [64] if args.quick else [256, 512]
         lines += [
             "",
+            "## Against the authors' model",
+            "",
+            "The authors' `UNet(128, 1)` (their `lib/DS_TransUNet.py`, made runnable on the CPU outside this "
+            "project) against DSTransUNet `base` with the same weights' shapes, batch 1, the same training step "
+            f"(forward + backward). Measured in alternating processes, ours then theirs, {ROUNDS} rounds at each "
+            f"size; each figure is the median of the {ROUNDS * common['repeats']} timed steps (each process: one "
+            "warm-up step, then the timed ones). *Peak* is the larger of the rounds' process peaks.",
+            "",
+            "| input | ours fwd+bwd s | authors' fwd+bwd s | speed-up | ours peak MB | authors' peak MB |",
+            "|---|---|---|---|---|---|",
+        ]
+        for size in sizes:
+            ours_runs, theirs_runs = [], []
+            for _ in range(ROUNDS):
+                ours_runs.append(measure(dict(common, kind="ds", preset="base", mode="train", size=size), {}))
+                theirs_runs.append(measure(dict(common, **authors, mode="train", size=size), {}))
+            ours, theirs = _pooled(ours_runs), _pooled(theirs_runs)
+            print("authors", size, ours, theirs, flush=True)
+            speed = f"{theirs['seconds'] / ours['seconds']:.2f}x" if "seconds" in ours and "seconds" in theirs else "-"
+            lines.append(
+                f"| {size} | {_fmt(ours.get('seconds', ours.get('error')), '.2f')} "
+                f"| {_fmt(theirs.get('seconds', theirs.get('error')), '.2f')} | {speed} "
+                f"| {_fmt(ours.get('peak_mb', '-'), '.0f')} | {_fmt(theirs.get('peak_mb', '-'), '.0f')} |"
+            )
+        fwd = measure(dict(common, **authors, mode="forward", size=sizes[-1], flops=True), {})
+        lines += [
+            "",
+            f"The authors' model at {sizes[-1]} px: {_fmt(fwd.get('params_m', '-'), '.1f')} M parameters, "
+            f"{_fmt(fwd.get('gflops', '-'), '.1f')} forward GFLOPs (their TIF materialises its attention), inference "
+            f"{_fmt(fwd.get('seconds', fwd.get('error')), '.2f')} s.",
+        ]
+
+    # 4. what the cheap recomputation buys, at the sizes where the network switches it on and off
+    recompute_cases = (
+        [("tiny", 64, 2)] if args.quick else [("tiny", 128, 8), ("base", 256, 1), ("base", 512, 1)]
+    )
+    lines += [
+        "",
+        "## What recomputation buys",
+        "",
+        "In training, DSTransUNet recomputes window attention's q/k/v, the pre-norm MLPs' hidden activations "
+        "and the full-resolution conv stages in backward only when its first token map has at least "
+        f"{_mib(CHEAP_RECOMPUTE_MIN_BYTES)} (`bundle/networks/memory.py`). The same training step with that "
+        "choice, with those pieces always recomputed, and never (fwd+bwd s / peak MB; `tiny` at 128 px, batch 8, "
+        "is the default recipe's step on Kvasir-SEG):",
+        "",
+        "| model | input | batch | first token map | the network's choice | always | never |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for preset, size, batch in recompute_cases:
+        found = {}
+        for mode in ("auto", "always", "never"):
+            found[mode] = measure(dict(common, kind="ds", preset=preset, mode="train", size=size, batch=batch, cheap=mode), {})
+        print("recompute", preset, size, batch, found, flush=True)
+        embed = PRESETS[preset]["embed_dim"]
+        padded = -(-size // 64) * 64
+        first_map = batch * (padded // 4) ** 2 * embed * 4
+        choice = "recomputes" if first_map >= CHEAP_RECOMPUTE_MIN_BYTES else "stores"
+        cells = [
+            f"{_fmt(r.get('seconds', r.get('error')), '.2f')} / {_fmt(r.get('peak_mb', '-'), '.0f')}" for r in found.values()
+        ]
+        lines.append(f"| `{preset}` | {size} | {batch} | {_mib(first_map)}: {choice} | " + " | ".join(cells) + " |")
+
+    # 5. where a training step's time goes (torch.profiler), ours and the authors'
+    profile_size = 64 if args.quick else 512
+    profiled = [("DSTransUNet `base`", dict(kind="ds", preset="base"))]
+    if args.authors_code:
+        profiled.append(("authors' `UNet(128, 1)`", authors))
+    lines += [
+        "",
+        "## Where the time goes",
+        "",
+        f"One training step at {profile_size} px, batch 1, under `torch.profiler` (self CPU time per operator, "
+        "the profiler's overhead included), after the timed steps of its process:",
+        "",
+    ]
+    for label, spec in profiled:
+        prof = measure(dict(common, **spec, mode="train", size=profile_size, repeats=1, profile=10), {})
+        print("profile", label, prof.get("error", ""), flush=True)
+        lines += [f"{label}:", "", "| operator | calls | ms | share |", "|---|---|---|---|"]
+        for row in prof.get("profile", []):
+            lines.append(f"| `{row['op']}` | {row['calls']} | {row['ms']:.0f} | {100 * row['share']:.1f}% |")
+        lines.append("")
+
+    # 6. the 512 training step under glibc's fixed mmap threshold (freed memory goes back to the OS)
+    if not args.quick:
+        lines += [
             "## The 512 x 512 training step with and without heap fragmentation",
             "",
             "glibc raises its mmap threshold as large blocks are freed, so freed activations stay in the "
@@ -331,14 +491,14 @@ def main() -> None:
             "| model | glibc default: s / peak MB | MALLOC_MMAP_THRESHOLD_=65536: s / peak MB |",
             "|---|---|---|",
         ]
-        steps = [("DSTransUNet `base`", dict(kind="ds", preset="base")),
-                 ("DSTransUNet `base`, use_checkpoint", dict(kind="ds", preset="base", checkpoint=True))]  # fmt: skip
+        steps = [
+            ("DSTransUNet `base`", dict(kind="ds", preset="base")),
+            ("DSTransUNet `base`, use_checkpoint", dict(kind="ds", preset="base", checkpoint=True)),
+        ]
         if args.authors_code:
-            steps.append(
-                ("authors' `UNet(128, 1)`", dict(kind="authors", authors_code=os.path.abspath(args.authors_code)))
-            )
+            steps.append(("authors' `UNet(128, 1)`", authors))
         for label, spec in steps:
-            case = dict(common, **spec, mode="train", size=512, repeats=1)
+            case = dict(common, **spec, mode="train", size=512)
             plain, lean = measure(case, {}), measure(case, lean_env)
             print(label, plain, lean, flush=True)
             lines.append(
