@@ -146,6 +146,26 @@ def test_flip_tta_averages_the_flipped_predictions():
     torch.testing.assert_close(out, expected)
 
 
+def test_the_network_sees_a_plain_tensor_and_the_logits_keep_the_metadata():
+    from monai.data import MetaTensor, decollate_batch
+    from monai.data.utils import list_data_collate
+
+    seen = []
+
+    def network(x):
+        seen.append(type(x))
+        return x[:, :1]
+
+    items = [{"image": MetaTensor(torch.rand(3, 40, 30), meta={"filename_or_obj": f"{n}.png"})} for n in "ab"]
+    batch = list_data_collate(items)["image"]
+    for inferer in (SegmentationInferer(image_size=[32, 32], flip_tta=True), SegmentationInferer(roi_size=[16, 16])):
+        seen.clear()
+        out = inferer(batch, network)
+        assert seen and all(t is torch.Tensor for t in seen)
+        assert isinstance(out, MetaTensor) and out.shape == (2, 1, 40, 30)
+        assert [item.meta["filename_or_obj"] for item in decollate_batch(out)] == ["a.png", "b.png"]
+
+
 def test_gradient_clip_handler_limits_the_norm():
     network = torch.nn.Linear(4, 1)
     engine = Engine(lambda e, b: None)
