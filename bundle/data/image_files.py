@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Tuple, Union
+from typing import Any, Callable, Tuple, TypeVar, Union
 
 import numpy as np
 from PIL import Image
@@ -43,6 +43,7 @@ __all__ = [
 ]
 
 PathLike = Union[str, Path]
+T = TypeVar("T")
 
 IMAGE_SUFFIXES: Tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".nii", ".nii.gz")
 _ONE_CHANNEL_MODES = {"1", "L", "LA", "La", "I", "F"}
@@ -106,11 +107,17 @@ def _array_layout(shape: Tuple[int, ...], path: Path) -> Tuple[int, int, int]:
     )
 
 
-def read_info(path: PathLike, as_mask: bool = False) -> ImageInfo:
-    """Size and channel count from the file header (no pixel decoding).
+def _read(
+    path: PathLike,
+    nifti: Callable[[Any], T],
+    pil: Callable[[Path], T],
+    tiff: Callable[[Any, Path], T],
+) -> T:
+    """The one format dispatch: ``nifti(nibabel image)`` for ``.nii``/``.nii.gz``, else ``pil(path)``,
+    and ``tiff(tifffile module, path)`` for a TIFF that PIL cannot decode (multi-channel, float).
 
     Raises:
-        BundleInputError: the file is missing or not a readable image.
+        BundleInputError: the file is missing or is not a readable image; the message names it.
     """
     path = Path(path)
     if not path.is_file():
@@ -119,23 +126,41 @@ def read_info(path: PathLike, as_mask: bool = False) -> ImageInfo:
         if _is_nifti(path):
             import nibabel as nib
 
-            rows, cols, channels = _array_layout(tuple(nib.load(str(path)).shape), path)
-            return ImageInfo(rows, cols, 1 if as_mask else channels)
+            return nifti(nib.load(str(path)))
         try:
-            with Image.open(path) as im:
-                return ImageInfo(im.height, im.width, _pil_channels(im.mode, as_mask))
+            return pil(path)
         except Exception:
             if not _is_tiff(path):
                 raise
             import tifffile
 
-            with tifffile.TiffFile(str(path)) as tif:
-                rows, cols, channels = _array_layout(tuple(tif.series[0].shape), path)
-            return ImageInfo(rows, cols, 1 if as_mask else channels)
+            return tiff(tifffile, path)
     except BundleInputError:
         raise
     except Exception as e:
         raise BundleInputError(f"cannot read image file {path}: {type(e).__name__}: {e}") from e
+
+
+def read_info(path: PathLike, as_mask: bool = False) -> ImageInfo:
+    """Size and channel count from the file header (no pixel decoding).
+
+    Raises:
+        BundleInputError: the file is missing or not a readable image.
+    """
+
+    def from_shape(shape: Tuple[int, ...]) -> ImageInfo:
+        rows, cols, channels = _array_layout(shape, Path(path))
+        return ImageInfo(rows, cols, 1 if as_mask else channels)
+
+    def from_pil(file: Path) -> ImageInfo:
+        with Image.open(file) as im:
+            return ImageInfo(im.height, im.width, _pil_channels(im.mode, as_mask))
+
+    def from_tiff(tifffile: Any, file: Path) -> ImageInfo:
+        with tifffile.TiffFile(str(file)) as tif:
+            return from_shape(tuple(tif.series[0].shape))
+
+    return _read(path, lambda image: from_shape(tuple(image.shape)), from_pil, from_tiff)
 
 
 def _hwc(array: np.ndarray, path: Path) -> np.ndarray:
@@ -151,30 +176,15 @@ def read_array(path: PathLike, as_mask: bool = False) -> np.ndarray:
     Raises:
         BundleInputError: the file is missing or cannot be decoded; the message names it.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise BundleInputError(f"file not found: {path}")
-    try:
-        if _is_nifti(path):
-            import nibabel as nib
-
-            hwc = _hwc(np.asanyarray(nib.load(str(path)).dataobj), path)
-        else:
-            try:
-                hwc = _read_pil(path, as_mask)
-            except Exception:
-                if not _is_tiff(path):
-                    raise
-                import tifffile
-
-                hwc = _hwc(tifffile.imread(str(path)), path)
-        if as_mask and hwc.shape[2] > 1:
-            hwc = hwc[..., :3].mean(axis=2, keepdims=True)  # colour mask: its gray level
-        return np.ascontiguousarray(np.moveaxis(hwc, -1, 0))
-    except BundleInputError:
-        raise
-    except Exception as e:
-        raise BundleInputError(f"cannot read image file {path}: {type(e).__name__}: {e}") from e
+    hwc = _read(
+        path,
+        lambda image: _hwc(np.asanyarray(image.dataobj), Path(path)),
+        lambda file: _read_pil(file, as_mask),
+        lambda tifffile, file: _hwc(tifffile.imread(str(file)), file),
+    )
+    if as_mask and hwc.shape[2] > 1:
+        hwc = hwc[..., :3].mean(axis=2, keepdims=True)  # colour mask: its gray level
+    return np.ascontiguousarray(np.moveaxis(hwc, -1, 0))
 
 
 def _read_pil(path: Path, as_mask: bool) -> np.ndarray:
