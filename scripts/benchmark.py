@@ -6,6 +6,7 @@ Time is the median of ``--repeats`` runs after one warm-up run.
     python scripts/benchmark.py                      # full run, writes docs/benchmarks.md
     python scripts/benchmark.py --quick --output /tmp/bench.md
     python scripts/benchmark.py --authors-code /path/to/DS-TransUNet   # adds the authors' model
+    python scripts/benchmark.py --count-flops                   # FLOP counts only, as JSON (no timing)
 
 ``--authors-code`` takes a folder holding the authors' ``lib/DS_TransUNet.py`` made runnable on the
 CPU (their code needs ``timm`` and ``mmseg`` and calls ``.cuda()``); it is never part of this project.
@@ -168,6 +169,24 @@ def _profile_rows(model: nn.Module, inputs: Any, rows: int) -> List[Dict[str, An
     ]
 
 
+def _count_cpu_attention_flops() -> None:
+    """Give FlopCounterMode the CPU flash-attention kernels, which it does not count by itself
+    (``F.scaled_dot_product_attention`` on the CPU would count 0 FLOPs)."""
+    from torch.utils import flop_counter
+
+    aten = torch.ops.aten
+    if aten._scaled_dot_product_flash_attention_for_cpu in flop_counter.flop_registry:
+        return
+
+    @flop_counter.register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu)
+    def _forward(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):  # type: ignore[no-untyped-def]
+        return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    @flop_counter.register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu_backward)
+    def _backward(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):  # type: ignore[no-untyped-def]
+        return flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
 def run_case(case: Dict[str, Any]) -> Dict[str, Any]:
     torch.set_num_threads(case["threads"])
     if case["kind"] == "matmul":  # the machine's fp32 matrix-multiply rate, for scale
@@ -215,12 +234,40 @@ def run_case(case: Dict[str, Any]) -> Dict[str, Any]:
         if case.get("flops"):  # as FlopCounterMode counts them (recomputation included in training)
             from torch.utils.flop_counter import FlopCounterMode
 
+            _count_cpu_attention_flops()
             with FlopCounterMode(display=False) as counter:
                 step()
             result["gflops"] = counter.get_total_flops() / 1e9
         if case.get("profile"):
             result["profile"] = _profile_rows(model, inputs, case["profile"])
     return result
+
+
+def count_flops(quick: bool = False) -> Dict[str, float]:
+    """GFLOPs of the TIF cases (forward + backward) and the preset cases (forward; forward + backward),
+    counted as the timed run counts them, without timing anything."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    _count_cpu_attention_flops()
+
+    def gflops(case: Dict[str, Any], train: bool) -> float:
+        model, inputs = _build(case)
+        model.train(train)
+        with FlopCounterMode(display=False) as counter, torch.set_grad_enabled(train):
+            _train_step(model, inputs) if train else model(*inputs)
+        return counter.get_total_flops() / 1e9
+
+    found: Dict[str, float] = {}
+    for side in (16, 32) if quick else (32, 64, 88, 128):
+        found[f"TIF {side} x {side} fwd+bwd"] = gflops(dict(kind="tif", channels=64, tokens_side=side, batch=2), True)
+    for preset, sizes in (("tiny", [64]),) if quick else [(p, [256, 352, 512]) for p in ("tiny", "small", "base")]:
+        for size in sizes:
+            case = dict(kind="ds", preset=preset, size=size)
+            found[f"{preset} {size} fwd"] = gflops(case, False)
+            found[f"{preset} {size} fwd+bwd"] = gflops(case, True)
+    if not quick:
+        found["base 512 use_checkpoint fwd+bwd"] = gflops(dict(kind="ds", preset="base", size=512, checkpoint=True), True)
+    return found
 
 
 def measure(case: Dict[str, Any], env_extra: Dict[str, str]) -> Dict[str, Any]:
@@ -303,10 +350,18 @@ def main() -> None:
         default=88,
         help="largest token grid for the naive TIF " "(at 128 x 128 it needs about 19 GB)",
     )
+    parser.add_argument(
+        "--count-flops",
+        action="store_true",
+        help="only count the FLOPs of the TIF and preset cases (no timing) and print them as JSON",
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(run_case(json.loads(args.worker))))
+        return
+    if args.count_flops:
+        print(json.dumps(count_flops(quick=args.quick), indent=1))
         return
 
     common = {"threads": args.threads, "repeats": 1 if args.quick else args.repeats}
@@ -336,7 +391,7 @@ def main() -> None:
         "",
         "`TIF(64, 64)` against `NaiveTIF` (the seed's math with a materialised N x N attention matrix, "
         "in this script), forward + backward, batch 2, 64 channels, both maps with the given tokens. "
-        "*TIF GFLOP/s* is the forward and backward FLOPs (FlopCounterMode) over TIF's time.",
+        "*TIF GFLOP/s* is the forward and backward FLOPs (FlopCounterMode, with the CPU flash-attention kernels counted) over TIF's time.",
         "",
         "| tokens | naive s | TIF s | speed-up | naive step MB | TIF step MB | memory ratio | TIF process peak MB "
         "| TIF GFLOP/s |",
