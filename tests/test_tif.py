@@ -118,3 +118,17 @@ def test_the_seeds_keyword_names_still_work_with_a_warning():
     assert {k: v.shape for k, v in old.state_dict().items()} == {k: v.shape for k, v in new.state_dict().items()}
     with pytest.raises(TypeError, match="unexpected keyword argument 'dim_x'"):
         TIF(32, 48, dim_x=3)
+
+
+def test_benchmark_counts_the_cpu_attention_flops(benchmark_module):
+    """FlopCounterMode counts nothing for the CPU flash-attention kernel; benchmark.py registers its formulas."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    benchmark_module._count_cpu_attention_flops()
+    q = torch.rand(2, 3, 64, 32, requires_grad=True)
+    with FlopCounterMode(display=False) as forward:
+        out = F.scaled_dot_product_attention(q, q, q)
+    assert forward.get_total_flops() == 2 * 2 * (2 * 3 * 64 * 64 * 32)  # q @ k^T and attn @ v
+    with FlopCounterMode(display=False) as backward:
+        out.sum().backward()
+    assert backward.get_total_flops() == 2.5 * forward.get_total_flops()
