@@ -22,7 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 import torch.nn as nn
@@ -187,6 +187,24 @@ def _count_cpu_attention_flops() -> None:
         return flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
 
+def _gflops(step: Callable[[], None]) -> float:
+    """GFLOPs of one ``step()`` as torch's FlopCounterMode counts them (CPU flash attention included)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    _count_cpu_attention_flops()
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops() / 1e9
+
+
+def _tif_sides(quick: bool) -> List[int]:
+    return [16, 32] if quick else [32, 64, 88, 128]
+
+
+def _preset_grid(quick: bool) -> List[Tuple[str, List[int]]]:
+    return [("tiny", [64])] if quick else [(p, [256, 352, 512]) for p in ("tiny", "small", "base")]
+
+
 def run_case(case: Dict[str, Any]) -> Dict[str, Any]:
     torch.set_num_threads(case["threads"])
     if case["kind"] == "matmul":  # the machine's fp32 matrix-multiply rate, for scale
@@ -231,13 +249,8 @@ def run_case(case: Dict[str, Any]) -> Dict[str, Any]:
         timed = times[1:] if len(times) > 1 else times
         # the peak is taken before FLOP counting and profiling, whose dispatch modes allocate differently
         result.update(seconds=statistics.median(timed), runs=timed, peak_mb=_peak_mb(), step_mb=_peak_mb() - base)
-        if case.get("flops"):  # as FlopCounterMode counts them (recomputation included in training)
-            from torch.utils.flop_counter import FlopCounterMode
-
-            _count_cpu_attention_flops()
-            with FlopCounterMode(display=False) as counter:
-                step()
-            result["gflops"] = counter.get_total_flops() / 1e9
+        if case.get("flops"):  # recomputation included in training
+            result["gflops"] = _gflops(step)
         if case.get("profile"):
             result["profile"] = _profile_rows(model, inputs, case["profile"])
     return result
@@ -246,21 +259,17 @@ def run_case(case: Dict[str, Any]) -> Dict[str, Any]:
 def count_flops(quick: bool = False) -> Dict[str, float]:
     """GFLOPs of the TIF cases (forward + backward) and the preset cases (forward; forward + backward),
     counted as the timed run counts them, without timing anything."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    _count_cpu_attention_flops()
 
     def gflops(case: Dict[str, Any], train: bool) -> float:
         model, inputs = _build(case)
         model.train(train)
-        with FlopCounterMode(display=False) as counter, torch.set_grad_enabled(train):
-            _train_step(model, inputs) if train else model(*inputs)
-        return counter.get_total_flops() / 1e9
+        with torch.set_grad_enabled(train):
+            return _gflops(lambda: _train_step(model, inputs) if train else model(*inputs))
 
     found: Dict[str, float] = {}
-    for side in (16, 32) if quick else (32, 64, 88, 128):
+    for side in _tif_sides(quick):
         found[f"TIF {side} x {side} fwd+bwd"] = gflops(dict(kind="tif", channels=64, tokens_side=side, batch=2), True)
-    for preset, sizes in (("tiny", [64]),) if quick else [(p, [256, 352, 512]) for p in ("tiny", "small", "base")]:
+    for preset, sizes in _preset_grid(quick):
         for size in sizes:
             case = dict(kind="ds", preset=preset, size=size)
             found[f"{preset} {size} fwd"] = gflops(case, False)
@@ -385,7 +394,7 @@ def main() -> None:
     ]
 
     # 1. TIF against the naive einsum TIF (same math, same parameters)
-    sides = [16, 32] if args.quick else [32, 64, 88, 128]
+    sides = _tif_sides(args.quick)
     lines += [
         "## TIF vs. a naive einsum TIF",
         "",
@@ -417,10 +426,7 @@ def main() -> None:
         )
 
     # 2. DSTransUNet presets
-    if args.quick:
-        grid = [("tiny", [64])]
-    else:
-        grid = [("tiny", [256, 352, 512]), ("small", [256, 352, 512]), ("base", [256, 352, 512])]
+    grid = _preset_grid(args.quick)
     lines += [
         "",
         "## DSTransUNet presets",
