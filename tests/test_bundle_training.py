@@ -207,6 +207,7 @@ def test_drive_plan_chooses_patches_and_the_network_finds_vessels(drive_dir, tmp
     )  # fmt: skip
     log = result.stdout + result.stderr
     assert "Plan: native-resolution patches of 64x64" in log and "resizing would lose fine structures" in log
+    assert "deep supervision weights [1.0, 0.0, 0.0]" in log  # vessels vanish at the auxiliary heads' scales
     best = torch.load(root / "models" / "checkpoint.pt", map_location="cpu", weights_only=True)["best_model_saver"]
     assert best["best_metric"] > 0.3, f"validation Dice {best['best_metric']:.3f}: the network found no vessels"
     run_bundle(["--config_file", EVALUATE, "--bundle_root", root])

@@ -48,9 +48,9 @@ def _lines(size: tuple) -> np.ndarray:
     return mask
 
 
-def _plan(pairs, tmp_path, **settings):
-    network = BasicUNet(spatial_dims=2, in_channels=3, out_channels=1, features=(4, 4, 8, 8, 16, 4))
-    loss = DeepSupervisionLoss(DiceCELoss(sigmoid=True))
+def _plan(pairs, tmp_path, network=None, **settings):
+    network = network or BasicUNet(spatial_dims=2, in_channels=3, out_channels=1, features=(4, 4, 8, 8, 16, 4))
+    loss = DiceCELoss(sigmoid=True)  # the per-output loss; the plan times it with deep supervision
     args = dict(datalists={"training": pairs, "validation": pairs[:1]}, output_dir=tmp_path / "run", network=network,
                 loss=loss, time_budget_minutes=0.5)  # fmt: skip
     plan = plan_training(**{**args, **settings})
@@ -72,18 +72,41 @@ def test_plan_resizes_blobs_and_patches_thin_lines(tmp_path):
     blobs = _plan(_write_pairs(tmp_path / "blobs", [_blob((300, 300), 80)] * 4, (300, 300)), tmp_path / "a")
     assert blobs.image_size in ([s, s] for s in CANDIDATE_SIZES if s <= 320) and blobs.crops_per_image == 1
     assert blobs.max_epochs >= 1 and blobs.timing["seconds_per_step"] > 0
+    assert blobs.deep_supervision_weights == [0.6, 0.2, 0.2]  # the authors'
     lines = _plan(_write_pairs(tmp_path / "lines", [_lines((300, 300))] * 4, (300, 300)), tmp_path / "b")
     assert lines.image_size is None and lines.roi_size == [128, 128] and lines.crops_per_image > 1
+    # one-pixel lines vanish at the auxiliary heads' 1/32 and 1/4: the main output only
+    assert lines.deep_supervision_weights == [1.0, 0.0, 0.0] and any("too thin" in r for r in lines.reasons)
     saved = read_plan(tmp_path / "b" / "run")
     assert saved["image_size"] is None and saved["inference_size"] == [128, 128] and saved["given"] == {}
     assert saved["fingerprint"]["training_images"] == 4 and saved["reasons"]
 
 
+def test_timed_steps_use_the_runs_optimizer(tmp_path, monkeypatch):
+    """The plan times steps with an optimizer of the run's class and settings (fused AdamW in train.yaml),
+    built over the timed copy's parameters; the run's own optimizer is not stepped."""
+    from bundle.workflows import planning
+
+    built = []
+    real = planning._optimizer_like
+    monkeypatch.setattr(planning, "_optimizer_like", lambda opt, params: built.append(real(opt, params)) or built[-1])
+    network = BasicUNet(spatial_dims=2, in_channels=3, out_channels=1, features=(4, 4, 8, 8, 16, 4))
+    runs = torch.optim.AdamW(network.parameters(), lr=3.0e-3, weight_decay=0.02, fused=True)
+    before = [p.detach().clone() for p in network.parameters()]
+    pairs = _write_pairs(tmp_path / "blobs", [_blob((200, 200), 60)] * 2, (200, 200))
+    _plan(pairs, tmp_path, network=network, optimizer=runs, image_size=[64, 64])
+    assert built and all(type(o) is torch.optim.AdamW for o in built)
+    assert all(o.defaults["fused"] and o.defaults["lr"] == 3.0e-3 and o.defaults["weight_decay"] == 0.02 for o in built)
+    assert all(o is not runs and o.param_groups[0]["params"][0] is not next(network.parameters()) for o in built)
+    assert all(torch.equal(a, b) for a, b in zip(before, network.parameters())) and not runs.state
+
+
 def test_given_settings_win_and_are_recorded(tmp_path):
     pairs = _write_pairs(tmp_path / "blobs", [_blob((200, 200), 60)] * 2, (200, 200))
-    plan = _plan(pairs, tmp_path, image_size=[96, 128], batch_size=3, max_epochs=7)
+    plan = _plan(pairs, tmp_path, image_size=[96, 128], batch_size=3, max_epochs=7, deep_supervision_weights=[1, 0.5, 0])
     assert (plan.image_size, plan.batch_size, plan.max_epochs) == ([96, 128], 3, 7)
-    assert plan.given == {"image_size": [96, 128], "batch_size": 3, "max_epochs": 7}
+    assert plan.deep_supervision_weights == [1.0, 0.5, 0.0]
+    assert plan.given == {"image_size": [96, 128], "batch_size": 3, "max_epochs": 7, "deep_supervision_weights": [1.0, 0.5, 0.0]}
     assert json.loads((tmp_path / "run" / "plan.json").read_text())["given"]["batch_size"] == 3
     patches = _plan(pairs, tmp_path / "p", image_size=None, roi_size=64)
     assert patches.image_size is None and patches.roi_size == [64, 64]
@@ -112,6 +135,7 @@ def test_demo_plan_is_fixed_and_fast(tmp_path):
         ("image_size", [0, 10]),
         ("roi_size", None),
         ("time_budget_minutes", -1),
+        ("deep_supervision_weights", [0.6, -0.2]),
     ],
 )
 def test_bad_settings_are_one_clear_error(tmp_path, setting, value):

@@ -21,7 +21,11 @@ ours and short enough to state:
 2. Scale: whole images resized to ``image_size`` when some candidate size (a multiple of 64, no
    larger than the median image) keeps a resize ceiling of at least ``MIN_RESIZE_DICE``; otherwise
    (thin structures, e.g. retinal vessels) native-resolution patches of ``roi_size``.
-3. Time: one training step is timed on the run's device (a copy of the network, random data);
+3. Deep supervision: the authors' weights (main 0.6, auxiliary heads 0.2 and 0.2) on whole images; the
+   main output only where the plan chose native patches for thin structures, which the auxiliary
+   heads (1/32 and 1/4 of the input) cannot draw (on DRIVE their losses held DS-TransUNet's vessel
+   Dice at 0 for the first sixth of training and lowered where it ended; docs/recipe.md).
+4. Time: one training step is timed on the run's device (a copy of the network, random data);
    ``max_epochs`` is what fits ``time_budget_minutes`` (validation included), and among the
    candidate sizes the plan takes the largest that still leaves ``MIN_EPOCHS`` epochs.
 
@@ -33,6 +37,7 @@ reads it back instead of planning again. The demo data get fixed small settings 
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import logging
 import math
@@ -64,7 +69,9 @@ PATCH_SIDE = 128  # native-resolution patch side (2 x 2 tokens at the coarse bra
 WHOLE_IMAGE_BATCH = 8
 PATCH_BATCH, PATCH_CROPS = 4, 4
 DEMO = dict(image_size=None, roi_size=[64, 64], batch_size=4, crops_per_image=4, max_epochs=30)
-PLANNED = ("image_size", "roi_size", "batch_size", "crops_per_image", "max_epochs", "intensity")
+PLANNED = ("image_size", "roi_size", "batch_size", "crops_per_image", "max_epochs", "intensity", "deep_supervision_weights")
+AUTHORS_DEEP_SUPERVISION = [0.6, 0.2, 0.2]  # main, deepest auxiliary, quarter-resolution auxiliary
+MAIN_OUTPUT_ONLY = [1.0, 0.0, 0.0]
 # image intensities: each image scaled to 0..1 by its own min/max, or ImageNet mean/std (pretrained encoders)
 INTENSITIES = ("minmax", "imagenet")
 
@@ -81,6 +88,7 @@ class TrainingPlan:
     crops_per_image: int
     max_epochs: int
     intensity: str = "minmax"
+    deep_supervision_weights: List[float] = field(default_factory=lambda: list(AUTHORS_DEEP_SUPERVISION))
     given: Dict[str, Any] = field(default_factory=dict)
     settings: Dict[str, Any] = field(default_factory=dict)  # what a resumed run must match (preset, channels, network)
     time_budget_minutes: float | None = None
@@ -115,6 +123,16 @@ def _count_setting(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise BundleInputError(f"--{name} {value!r}: give auto or a whole number of at least 1.")
     return value
+
+
+def _weights_setting(name: str, value: Any) -> List[float]:
+    if not (
+        isinstance(value, (list, tuple))
+        and value
+        and all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in value)
+    ):
+        raise BundleInputError(f"--{name} {value!r}: give auto or a list of weights >= 0, e.g. [0.6, 0.2, 0.2].")
+    return [float(w) for w in value]
 
 
 def _mask_foreground(path: str, out_channels: int) -> np.ndarray:
@@ -177,13 +195,31 @@ def fingerprint(
     }
 
 
+def _optimizer_like(optimizer: torch.optim.Optimizer | None, params: Any) -> torch.optim.Optimizer:
+    """An optimizer of the training run's class and settings (AdamW when none is given) over ``params``."""
+    if optimizer is None:
+        return torch.optim.AdamW(params, lr=1.0e-4)
+    accepted = inspect.signature(type(optimizer)).parameters
+    return type(optimizer)(params, **{k: v for k, v in optimizer.defaults.items() if k in accepted})
+
+
 def _time_step(
-    network: torch.nn.Module, loss: Callable, batch: int, in_channels: int, size: Sequence[int], device: torch.device
+    network: torch.nn.Module,
+    loss: Callable,
+    batch: int,
+    in_channels: int,
+    size: Sequence[int],
+    device: torch.device,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> float:
-    """Seconds per training step (forward, loss, backward, AdamW step), median of two after a warm-up,
-    on a copy of ``network`` with random data; the run's network and random state are untouched."""
+    """Seconds per training step (forward, loss, backward, optimizer step), median of two after a warm-up,
+    on a copy of ``network`` with random data and an optimizer like the run's (``optimizer``); the run's
+    network, optimizer and random state are untouched."""
+    from monai.losses import DeepSupervisionLoss
+
     model = copy.deepcopy(network).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1.0e-4)
+    optimizer = _optimizer_like(optimizer, model.parameters())
+    loss = DeepSupervisionLoss(loss, weights=AUTHORS_DEEP_SUPERVISION)  # takes one output or a list of them
     out_channels = getattr(model, "out_channels", 1)
     times = []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -303,6 +339,7 @@ def check_planned_settings(
     max_epochs: Any = AUTO,
     time_budget_minutes: Any = 60.0,
     intensity: Any = AUTO,
+    deep_supervision_weights: Any = AUTO,
 ) -> Dict[str, Any]:
     """The settings given (not ``auto``), checked and normalised; a bad one is a one-line error."""
     requested = dict(
@@ -312,6 +349,7 @@ def check_planned_settings(
         crops_per_image=crops_per_image,
         max_epochs=max_epochs,
         intensity=intensity,
+        deep_supervision_weights=deep_supervision_weights,
     )
     given: Dict[str, Any] = {}
     for key, value in requested.items():
@@ -321,6 +359,8 @@ def check_planned_settings(
             if value not in INTENSITIES:
                 raise BundleInputError(f"--intensity {value!r}: give auto, {' or '.join(INTENSITIES)}.")
             given[key] = value
+        elif key == "deep_supervision_weights":
+            given[key] = _weights_setting(key, value)
         elif key in ("image_size", "roi_size"):
             given[key] = _size_setting(key, value, allow_none=key == "image_size")
         else:
@@ -353,16 +393,20 @@ def plan_training(
     demo: bool = False,
     resume: bool = False,
     intensity: str = AUTO,
+    deep_supervision_weights: Any = AUTO,
     pretrained: bool = False,
     settings: Mapping[str, Any] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> TrainingPlan:
     """Resolve the ``auto`` settings of a training run from its data and device (see the module
     docstring), write ``output_dir/plan.json`` and log the plan. Given settings are kept as given.
     ``intensity`` auto is ImageNet mean/std when ``pretrained`` (ImageNet encoder weights), else min/max.
     ``settings`` (preset, channels, network) are recorded; a resumed run must give the same, and the
-    same scale. The plan is written by :func:`write_plan` when training starts, not here."""
+    same scale. ``optimizer`` (the run's) sets the class and settings of the optimizer in the timed steps.
+    The plan is written by :func:`write_plan` when training starts, not here."""
     given = check_planned_settings(
-        image_size, roi_size, batch_size, crops_per_image, max_epochs, time_budget_minutes, intensity
+        image_size, roi_size, batch_size, crops_per_image, max_epochs, time_budget_minutes, intensity,
+        deep_supervision_weights,
     )
     path = Path(output_dir) / PLAN_FILE
     main = _world_size() == 1 or torch.distributed.get_rank() == 0
@@ -392,6 +436,7 @@ def plan_training(
                 time_budget_minutes,
                 val_interval,
                 epoch_length,
+                optimizer,
             )
         if "intensity" not in given and not (resume and path.is_file()):
             plan.intensity = "imagenet" if pretrained else "minmax"
@@ -454,6 +499,7 @@ def _make_plan(
     budget_minutes: float,
     val_interval: int,
     epoch_length: int | None,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> TrainingPlan:
     train, val = list(datalists["training"]), list(datalists.get("validation") or [])
     fp = fingerprint(train, out_channels)
@@ -476,6 +522,12 @@ def _make_plan(
         reasons.append(
             f"resizing would lose fine structures (structure width {fp['structure_width_px']} px; "
             f"resize Dice below {MIN_RESIZE_DICE}{detail}): native-resolution patches"
+        )
+    weights = list(AUTHORS_DEEP_SUPERVISION if fits else MAIN_OUTPUT_ONLY)
+    if not fits and "deep_supervision_weights" not in given:
+        reasons.append(
+            f"structures too thin for the auxiliary heads at 1/32 and 1/4 of the input: deep supervision weights "
+            f"{weights} (the main output only)"
         )
     batch = given.get("batch_size", WHOLE_IMAGE_BATCH if whole_image else PATCH_BATCH)
     crops = given.get("crops_per_image", 1 if whole_image else PATCH_CROPS)
@@ -502,6 +554,7 @@ def _make_plan(
             batch_size=batch,
             crops_per_image=crops,
             max_epochs=given["max_epochs"],
+            deep_supervision_weights=weights,
             fingerprint=fp,
             timing=timing,
             reasons=reasons,
@@ -511,7 +564,7 @@ def _make_plan(
         sizes = [given["image_size"]] if "image_size" in given else [[s, s] for s in sorted(fits)]
         chosen = None
         for size in sizes:
-            step = _time_step(network, loss, batch, in_channels, size, device)
+            step = _time_step(network, loss, batch, in_channels, size, device, optimizer)
             epochs = int(budget // epoch_seconds(step, batch, size))
             timing[f"{size[0]}x{size[1]}"] = {"seconds_per_step": round(step, 3), "epochs_in_budget": epochs}
             if chosen is not None and epochs < MIN_EPOCHS:
@@ -526,7 +579,7 @@ def _make_plan(
             )
         image_size: List[int] | None = size
     else:
-        step = _time_step(network, loss, batch * crops, in_channels, roi, device)
+        step = _time_step(network, loss, batch * crops, in_channels, roi, device, optimizer)
         epochs = int(budget // epoch_seconds(step, batch * crops, roi))
         timing[f"{roi[0]}x{roi[1]} patches"] = {"seconds_per_step": round(step, 3), "epochs_in_budget": epochs}
         image_size = None
@@ -541,6 +594,7 @@ def _make_plan(
         batch_size=batch,
         crops_per_image=crops,
         max_epochs=max_epochs,
+        deep_supervision_weights=weights,
         fingerprint=fp,
         timing=timing,
         reasons=reasons,

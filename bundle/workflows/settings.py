@@ -125,7 +125,6 @@ def check_training_settings(
     warmup_fraction: Any = 0.0,
     max_grad_norm: Any = 0.0,
     zoom_range: Any = (1.0, 1.0),
-    deep_supervision_weights: Any = (1.0,),
     cache_rate: Any = 1.0,
     num_workers: Any = 0,
     seed: Any = 0,
@@ -136,7 +135,8 @@ def check_training_settings(
 
     ``weights`` are weight files that must exist (``fine_weights``, ``coarse_weights``); ``planned``
     the settings the plan resolves (``image_size``, ``roi_size``, ``batch_size``, ``crops_per_image``,
-    ``max_epochs``, ``time_budget_minutes``, ``intensity``), checked as the plan checks them.
+    ``max_epochs``, ``time_budget_minutes``, ``intensity``, ``deep_supervision_weights``), checked as the plan
+    checks them.
     """
     from bundle.networks.nets.ds_transunet import PRESETS
     from bundle.workflows.planning import check_planned_settings
@@ -159,14 +159,6 @@ def check_training_settings(
     ):
         raise BundleInputError(
             f"--zoom_range {zoom_range!r}: give [smallest, largest] zoom factors above 0, e.g. [0.75, 1.25]."
-        )
-    if not (
-        isinstance(deep_supervision_weights, (list, tuple))
-        and deep_supervision_weights
-        and all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in deep_supervision_weights)
-    ):
-        raise BundleInputError(
-            f"--deep_supervision_weights {deep_supervision_weights!r}: give a list of weights >= 0, e.g. [0.6, 0.2, 0.2]."
         )
     _number("cache_rate", cache_rate, 0.0, 1.0)
     _number("num_workers", num_workers, 0, whole=True)
