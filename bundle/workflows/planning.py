@@ -23,8 +23,8 @@ ours and short enough to state:
    (thin structures, e.g. retinal vessels) native-resolution patches of ``roi_size``.
 3. Deep supervision: the authors' weights (main 0.6, auxiliary heads 0.2 and 0.2) on whole images; the
    main output only where the plan chose native patches for thin structures, which the auxiliary
-   heads (1/32 and 1/4 of the input) cannot draw (on DRIVE their losses held DS-TransUNet's vessel
-   Dice at 0 for the first sixth of training and lowered where it ended; docs/recipe.md).
+   heads (1/32 and 1/4 of the input) cannot draw (on DRIVE their losses kept DS-TransUNet from
+   predicting any vessel for longer and cost it 0.06 validation Dice after 24 epochs; docs/recipe.md).
 4. Time: one training step is timed on the run's device (a copy of the network, random data);
    ``max_epochs`` is what fits ``time_budget_minutes`` (validation included), and among the
    candidate sizes the plan takes the largest that still leaves ``MIN_EPOCHS`` epochs.
