@@ -52,6 +52,7 @@ from typing import Any, Callable, Dict, List, Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.losses import DeepSupervisionLoss
 
 from bundle.errors import BundleInputError
 from bundle.data.image_files import read_array, read_info
@@ -215,8 +216,6 @@ def _time_step(
     """Seconds per training step (forward, loss, backward, optimizer step), median of two after a warm-up,
     on a copy of ``network`` with random data and an optimizer like the run's (``optimizer``); the run's
     network, optimizer and random state are untouched."""
-    from monai.losses import DeepSupervisionLoss
-
     model = copy.deepcopy(network).to(device).train()
     optimizer = _optimizer_like(optimizer, model.parameters())
     loss = DeepSupervisionLoss(loss, weights=AUTHORS_DEEP_SUPERVISION)  # takes one output or a list of them
