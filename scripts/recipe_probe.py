@@ -4,11 +4,14 @@ Not the bundle's workflow and not a benchmark: a small in-memory loop (images re
 ``--size``, flips and 90-degree rotations, DiceCE with the bundle's deep-supervision weights, AdamW,
 warm-up + cosine per step, gradient-norm clipping) that trains each variant on the same number of
 training images (``--images``; so the step count is independent of the machine's load, and the
-seconds per step are reported beside it) and reports validation Dice at ``--size`` (not native
-resolution). It answers "which knob is worth a full ``monai.bundle run``", nothing more;
-docs/recipe.md quotes its table as such.
+seconds per step are reported beside it), or for the same wall-clock time (``--minutes``; the step
+count is fixed from the first timed steps, so the machine must be otherwise idle), and reports
+validation Dice at ``--size`` (not native resolution; a variant trained at another size has its
+logits resized to ``--size``). It answers "which knob is worth a full ``monai.bundle run``",
+nothing more; docs/recipe.md quotes its tables as such.
 
     python scripts/recipe_probe.py --variants baseline lr4e-3 batch4 --images 4000 --out docs/recipe_probe.json
+    python scripts/recipe_probe.py --variants baseline size64_batch32 --minutes 8
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +56,7 @@ VARIANTS = {
     "window4": {"net": {"window_size": 4}},
     "window8": {"net": {"window_size": 8}},
     "no_deep_supervision": {"deep_supervision": False},
+    "size64_batch32": {"size": 64, "batch": 32},  # a quarter of the pixels an image, the same pixels a step
 }
 
 
@@ -85,10 +90,14 @@ def augment(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator):
 
 @torch.no_grad()
 def dice(net: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor) -> float:
+    """Mean Dice over ``masks``; logits of another size are resized to the masks' (bilinear)."""
     net.eval()
     scores = []
     for start in range(0, len(images), 16):
-        pred = (torch.sigmoid(net(images[start : start + 16])) > 0.5).float()
+        logits = net(images[start : start + 16])
+        if logits.shape[-2:] != masks.shape[-2:]:
+            logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)
+        pred = (torch.sigmoid(logits) > 0.5).float()
         truth = masks[start : start + 16]
         inter = (pred * truth).sum((1, 2, 3))
         total = pred.sum((1, 2, 3)) + truth.sum((1, 2, 3))
@@ -97,18 +106,23 @@ def dice(net: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor) -> flo
     return float(torch.cat(scores).mean())
 
 
-def run(name: str, images: int, size: int, data, seed: int) -> dict:
+def run(name: str, images: int, size: int, loaded, seed: int, minutes: float | None = None) -> dict:
     settings = {"lr": 2.0e-3, "batch": 8, "weight_decay": 1.0e-4, **VARIANTS[name]}
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    (train_x, train_y), (val_x, val_y) = data
+    train_size = settings.get("size", size)
+    train_x, train_y = loaded("training", train_size)
+    val_x, val_y = loaded("validation", train_size)[0], loaded("validation", size)[1]  # Dice at --size
+    train_eval_x, train_eval_y = train_x[:100], loaded("training", size)[1][:100]
     net = build(settings)
     enable_heap_release(getattr(net, "use_checkpoint", False))  # as the bundle's training does (HeapReleaseHandler)
     deep = settings.get("network") != "unet" and settings.get("deep_supervision", True)
     loss_fn = DiceCELoss(sigmoid=True)
     if deep:
         loss_fn = DeepSupervisionLoss(loss_fn, weights=[0.6, 0.2, 0.2])
-    optimizer = torch.optim.AdamW(net.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
+    optimizer = torch.optim.AdamW(
+        net.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"], fused=True
+    )  # as train.yaml
     batch = settings["batch"]
 
     def step() -> float:
@@ -121,7 +135,13 @@ def run(name: str, images: int, size: int, data, seed: int) -> dict:
         optimizer.step()
         return float(loss)
 
-    total = max(10, images // batch)
+    if minutes:  # the same wall-clock time: the step count from three timed steps (not counted as training)
+        start = time.perf_counter()
+        for _ in range(3):
+            step()
+        total = max(10, int(minutes * 60 / ((time.perf_counter() - start) / 3)))
+    else:
+        total = max(10, images // batch)
     scheduler = WarmupCosineSchedule(
         optimizer, warmup_steps=max(1, total // 20), t_total=total, end_lr=settings["lr"] * 0.01
     )
@@ -134,8 +154,9 @@ def run(name: str, images: int, size: int, data, seed: int) -> dict:
             curve.append(
                 {
                     "step": index + 1,
+                    "seconds": round(time.perf_counter() - begin),
                     "val_dice": round(dice(net, val_x, val_y), 4),
-                    "train_dice": round(dice(net, train_x[:100], train_y[:100]), 4),
+                    "train_dice": round(dice(net, train_eval_x, train_eval_y), 4),
                     "loss": round(float(np.mean(losses[-50:])), 4),
                 }
             )
@@ -156,19 +177,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="+", default=["baseline"], choices=sorted(VARIANTS))
     parser.add_argument("--images", type=int, default=4000, help="training images per variant (steps x batch)")
-    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--minutes", type=float, default=None, help="instead: wall-clock minutes of training per variant")
+    parser.add_argument("--size", type=int, default=128, help="training size, and the size Dice is measured at")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="docs/recipe_probe.json")
     args = parser.parse_args()
     if not DATA.is_dir():
         sys.exit(f"recipe_probe: Kvasir-SEG not found at {DATA}")
     torch.set_num_threads(int(os.environ.get("PROBE_THREADS", "2")))
-    data = (load("training", args.size), load("validation", args.size))
+    cache: dict = {}
+
+    def loaded(split: str, size: int):
+        if (split, size) not in cache:
+            cache[split, size] = load(split, size)
+        return cache[split, size]
+
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.is_file() else {}
+    length = f"{args.minutes:g}min" if args.minutes else f"{args.images}img"
     for name in args.variants:
-        results[f"{name}@{args.size}/{args.images}img/seed{args.seed}"] = run(
-            name, args.images, args.size, data, args.seed
+        results[f"{name}@{args.size}/{length}/seed{args.seed}"] = run(
+            name, args.images, args.size, loaded, args.seed, args.minutes
         )
         out.write_text(json.dumps(results, indent=1))
     for key, value in results.items():

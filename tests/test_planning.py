@@ -82,6 +82,55 @@ def test_plan_resizes_blobs_and_patches_thin_lines(tmp_path):
     assert saved["fingerprint"]["training_images"] == 4 and saved["reasons"]
 
 
+def test_plan_buys_epochs_with_scale_and_batches_small_images(tmp_path, monkeypatch):
+    """Smallest size first, the plan keeps the largest whose epochs still reach MIN_EPOCHS; images under
+    128 px are batched up to the pixels of 8 at 128 px; a given batch size wins (timings faked per size)."""
+    from bundle.workflows import planning
+
+    seconds = {64: 0.05, 128: 1.0}  # a step at 128 px leaves < MIN_EPOCHS epochs in the budget
+    timed = []
+
+    def fake_step(network, loss, batch, in_channels, size, *rest):
+        timed.append((size[0], batch))
+        return seconds.get(size[0], 10.0)
+
+    monkeypatch.setattr(planning, "_time_step", fake_step)
+    pairs = _write_pairs(tmp_path / "blobs", [_blob((300, 300), 80)] * 4, (300, 300))
+    plan = _plan(pairs, tmp_path / "a")
+    assert timed == [(64, 32), (128, 8)]  # stops at the first size below MIN_EPOCHS
+    assert plan.image_size == [64, 64] and plan.batch_size == 32 and plan.max_epochs >= planning.MIN_EPOCHS
+    assert plan.timing["128x128"]["epochs_in_budget"] < planning.MIN_EPOCHS <= plan.timing["64x64"]["epochs_in_budget"]
+    assert any("32 images a step at 64x64" in r for r in plan.reasons)
+    seconds[128] = 0.05  # now 128 px fits too, and the next size does not
+    timed.clear()
+    assert _plan(pairs, tmp_path / "b").image_size == [128, 128] and timed[-1] == (192, 8)
+    given = _plan(pairs, tmp_path / "c", batch_size=8)
+    assert given.batch_size == 8 and given.given == {"batch_size": 8}
+
+
+def test_plan_times_each_samples_augmentation_on_copies(tmp_path, monkeypatch):
+    """The random transforms of a training sample join the step's time (batch x their cost), timed on
+    copies: the run's own transforms, and so its augmentation sequence, are untouched."""
+    import time
+
+    from bundle.workflows import planning
+
+    class SlowTransform:
+        calls = 0
+
+        def __call__(self, data):
+            self.calls += 1
+            time.sleep(0.02)
+            return data
+
+    monkeypatch.setattr(planning, "_time_step", lambda *args, **kwargs: 0.01)
+    pairs = _write_pairs(tmp_path / "blobs", [_blob((200, 200), 60)] * 4, (200, 200))
+    slow = SlowTransform()
+    plan = _plan(pairs, tmp_path, image_size=[64, 64], batch_size=4, sample_transforms={"whole_image": [slow]})
+    assert 0.01 + 4 * 0.02 <= plan.timing["64x64"]["seconds_per_step"] < 0.01 + 4 * 0.04
+    assert slow.calls == 0 and plan.timing["64x64"]["seconds_per_validation_image"] > 0
+
+
 def test_timed_steps_use_the_runs_optimizer(tmp_path, monkeypatch):
     """The plan times steps with an optimizer of the run's class and settings (fused AdamW in train.yaml),
     built over the timed copy's parameters; the run's own optimizer is not stepped."""

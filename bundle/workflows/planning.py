@@ -27,7 +27,10 @@ ours and short enough to state:
    predicting any vessel for longer and cost it 0.06 validation Dice after 24 epochs; docs/recipe.md).
 4. Time: one training step is timed on the run's device (a copy of the network, random data);
    ``max_epochs`` is what fits ``time_budget_minutes`` (validation included), and among the
-   candidate sizes the plan takes the largest that still leaves ``MIN_EPOCHS`` epochs.
+   candidate sizes the plan takes the largest that still leaves ``MIN_EPOCHS`` epochs (from scratch,
+   epochs buy more than resolution once the resize ceiling is kept). Whole images smaller than 128 px
+   are batched up to the pixels of ``WHOLE_IMAGE_BATCH`` images of 128 px, so that a step is not
+   mostly per-layer overhead.
 
 Every setting given on the command line (anything but ``auto``) wins over the plan and is recorded
 as given. The plan is written to ``output_dir/plan.json`` and logged in plain words; a resumed run
@@ -62,12 +65,17 @@ __all__ = ["TrainingPlan", "plan_training", "read_plan", "update_plan", "fingerp
 
 PLAN_FILE = "plan.json"
 AUTO = "auto"
-CANDIDATE_SIZES = (384, 320, 256, 192, 128)  # whole-image sides, multiples of DS-TransUNet's 64
+CANDIDATE_SIZES = (384, 320, 256, 192, 128, 64)  # whole-image sides, multiples of DS-TransUNet's 64
 MIN_RESIZE_DICE = 0.95  # below this, resizing alone would cost more Dice than a good model loses
-MIN_EPOCHS = 40  # the budget buys a smaller scale before it buys fewer than this many epochs
+# the budget buys a smaller scale before it buys fewer than this many epochs (from scratch on Kvasir-SEG,
+# 134 epochs at 64 px beat 44 at 128 px in the same hour; docs/recipe.md)
+MIN_EPOCHS = 100
 MASK_SAMPLE = 64  # masks read for the fingerprint
 PATCH_SIDE = 128  # native-resolution patch side (2 x 2 tokens at the coarse branch's last stage)
 WHOLE_IMAGE_BATCH = 8
+# small whole images are batched up to the pixels of 8 at 128 px: a step of 8 images of 64 px is mostly
+# per-layer overhead (0.061 s an image on the 2-core CPU, 0.035 s in a step of 32)
+STEP_PIXELS = WHOLE_IMAGE_BATCH * 128 * 128
 PATCH_BATCH, PATCH_CROPS = 4, 4
 DEMO = dict(image_size=None, roi_size=[64, 64], batch_size=4, crops_per_image=4, max_epochs=30)
 PLANNED = ("image_size", "roi_size", "batch_size", "crops_per_image", "max_epochs", "intensity", "deep_supervision_weights")
@@ -212,10 +220,11 @@ def _time_step(
     size: Sequence[int],
     device: torch.device,
     optimizer: torch.optim.Optimizer | None = None,
+    max_grad_norm: float = 0.0,
 ) -> float:
-    """Seconds per training step (forward, loss, backward, optimizer step), median of two after a warm-up,
-    on a copy of ``network`` with random data and an optimizer like the run's (``optimizer``); the run's
-    network, optimizer and random state are untouched."""
+    """Seconds per training step (forward, loss, backward, gradient clipping when ``max_grad_norm``,
+    optimizer step), median of four after a warm-up, on a copy of ``network`` with random data and an
+    optimizer like the run's (``optimizer``); the run's network, optimizer and random state are untouched."""
     model = copy.deepcopy(network).to(device).train()
     optimizer = _optimizer_like(optimizer, model.parameters())
     loss = DeepSupervisionLoss(loss, weights=AUTHORS_DEEP_SUPERVISION)  # takes one output or a list of them
@@ -226,15 +235,56 @@ def _time_step(
         y = (torch.rand(batch, 1, *size, device=device) > 0.5).float()
         if out_channels > 1:
             y = torch.randint(0, out_channels, (batch, 1, *size), device=device).float()
-        for _ in range(3):
+        for _ in range(5):
             start = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
             loss(model(x), y).backward()
+            if max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
             optimizer.step()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             times.append(time.perf_counter() - start)
     del model, optimizer
+    return statistics.median(times[1:])
+
+
+def _time_sample_transforms(transforms: Sequence[Callable], in_channels: int, size: Sequence[int]) -> float:
+    """Seconds per training sample of the random transforms applied after the cache (median of 5 after a
+    warm-up), on copies of ``transforms`` and a random sample of ``size``: the run's transforms, and so
+    its augmentation sequence, are untouched."""
+    if not transforms:
+        return 0.0
+    from monai.transforms import Compose
+
+    compose = Compose(copy.deepcopy(list(transforms)))
+    times = []
+    for _ in range(6):
+        sample = {"image": torch.rand(in_channels, *size), "label": (torch.rand(1, *size) > 0.5).float()}
+        start = time.perf_counter()
+        compose(sample)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
+def _time_validation_image(
+    network: torch.nn.Module, in_channels: int, size: Sequence[int], native_hw: Sequence[int], device: torch.device
+) -> float:
+    """Seconds to validate one whole image of ``native_hw`` at ``size``: resized, the forward, the logits
+    resized back and thresholded (as the inferer and the post-processing do); median of two after a warm-up."""
+    model = copy.deepcopy(network).to(device).eval()
+    times = []
+    with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        x = torch.rand(1, in_channels, *native_hw, device=device)
+        for _ in range(3):
+            start = time.perf_counter()
+            logits = model(F.interpolate(x, size=list(size), mode="bilinear", align_corners=False))
+            back = F.interpolate(logits, size=list(native_hw), mode="bilinear", align_corners=False)
+            (torch.sigmoid(back) > 0.5).float()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - start)
+    del model
     return statistics.median(times[1:])
 
 
@@ -396,12 +446,17 @@ def plan_training(
     pretrained: bool = False,
     settings: Mapping[str, Any] | None = None,
     optimizer: torch.optim.Optimizer | None = None,
+    sample_transforms: Mapping[str, Sequence[Callable]] | None = None,
+    max_grad_norm: float = 0.0,
 ) -> TrainingPlan:
     """Resolve the ``auto`` settings of a training run from its data and device (see the module
     docstring), write ``output_dir/plan.json`` and log the plan. Given settings are kept as given.
     ``intensity`` auto is ImageNet mean/std when ``pretrained`` (ImageNet encoder weights), else min/max.
     ``settings`` (preset, channels, network) are recorded; a resumed run must give the same, and the
-    same scale. ``optimizer`` (the run's) sets the class and settings of the optimizer in the timed steps.
+    same scale. ``optimizer`` (the run's) sets the class and settings of the optimizer in the timed steps;
+    ``sample_transforms`` (``{"whole_image": [...], "patch": [...]}``, the random transforms each training
+    sample gets after the cache) are timed on copies, and their cost per sample joins the step's; the timed
+    steps clip gradients as the run does when ``max_grad_norm`` > 0.
     The plan is written by :func:`write_plan` when training starts, not here."""
     given = check_planned_settings(
         image_size, roi_size, batch_size, crops_per_image, max_epochs, time_budget_minutes, intensity,
@@ -436,6 +491,8 @@ def plan_training(
                 val_interval,
                 epoch_length,
                 optimizer,
+                sample_transforms,
+                max_grad_norm,
             )
         if "intensity" not in given and not (resume and path.is_file()):
             plan.intensity = "imagenet" if pretrained else "minmax"
@@ -499,6 +556,8 @@ def _make_plan(
     val_interval: int,
     epoch_length: int | None,
     optimizer: torch.optim.Optimizer | None = None,
+    sample_transforms: Mapping[str, Sequence[Callable]] | None = None,
+    max_grad_norm: float = 0.0,
 ) -> TrainingPlan:
     train, val = list(datalists["training"]), list(datalists.get("validation") or [])
     fp = fingerprint(train, out_channels)
@@ -528,21 +587,37 @@ def _make_plan(
             f"structures too thin for the auxiliary heads at 1/32 and 1/4 of the input: deep supervision weights "
             f"{weights} (the main output only)"
         )
-    batch = given.get("batch_size", WHOLE_IMAGE_BATCH if whole_image else PATCH_BATCH)
+
+    def batch_for(size: Sequence[int] | None) -> int:
+        if "batch_size" in given:
+            return given["batch_size"]
+        if not whole_image:
+            return PATCH_BATCH
+        return max(WHOLE_IMAGE_BATCH, STEP_PIXELS // math.prod(size)) if size else WHOLE_IMAGE_BATCH
+
     crops = given.get("crops_per_image", 1 if whole_image else PATCH_CROPS)
     short_side = min(median_hw)
     roi_side = max(64, min(PATCH_SIDE, short_side // 64 * 64))
     roi = given.get("roi_size", [roi_side, roi_side])
     world = _world_size()
 
-    def epoch_seconds(step: float, step_images: int, size: Sequence[int]) -> float:
+    def time_epoch(size: Sequence[int], batch: int, views: int) -> Dict[str, float]:
+        """The timed pieces of an epoch at ``size``: a step (network, loss, optimizer; random data), the
+        random transforms of its ``batch * views`` samples, and the validation that falls to each epoch."""
+        step = _time_step(network, loss, batch * views, in_channels, size, device, optimizer, max_grad_norm)
+        transforms = (sample_transforms or {}).get("whole_image" if whole_image else "patch", [])
+        step += batch * views * _time_sample_transforms(transforms, in_channels, size)
+        if whole_image:  # at native size: the resizes and the threshold cost more than a small forward
+            val_image = _time_validation_image(network, in_channels, size, median_hw, device)
+        else:  # sliding windows: a forward is about a third of a training step
+            val_image = _windows(median_hw, size) * step / 3.0 / (batch * views)
         steps = epoch_length or math.ceil(len(train) / (batch * world))
-        per_forward = step / 3.0 / step_images  # a forward is about a third of a training step
-        val_forwards = len(val) * (1 if whole_image else _windows(median_hw, size))
-        return steps * step + val_forwards * per_forward / world / max(1, val_interval)
+        epoch = steps * step + len(val) * val_image / world / max(1, val_interval)
+        return {"seconds_per_step": step, "seconds_per_validation_image": val_image, "epoch": epoch}
 
     timing: Dict[str, Any] = {"device": str(device), "processes": world}
-    budget = budget_minutes * 60.0 * 0.95  # loading and checkpoints take the rest
+    # loading, checkpoints and the engine's own work take the rest (runs took 3-15% longer than planned at 0.95)
+    budget = budget_minutes * 60.0 * 0.9
     if "max_epochs" in given and (not whole_image or "image_size" in given):
         # nothing left for a timing to decide (a step of a large preset on a CPU takes minutes to time)
         size = given.get("image_size") if whole_image else None
@@ -550,7 +625,7 @@ def _make_plan(
         return TrainingPlan(
             image_size=size,
             roi_size=list(roi),
-            batch_size=batch,
+            batch_size=batch_for(size),
             crops_per_image=crops,
             max_epochs=given["max_epochs"],
             deep_supervision_weights=weights,
@@ -563,29 +638,44 @@ def _make_plan(
         sizes = [given["image_size"]] if "image_size" in given else [[s, s] for s in sorted(fits)]
         chosen = None
         for size in sizes:
-            step = _time_step(network, loss, batch, in_channels, size, device, optimizer)
-            epochs = int(budget // epoch_seconds(step, batch, size))
-            timing[f"{size[0]}x{size[1]}"] = {"seconds_per_step": round(step, 3), "epochs_in_budget": epochs}
+            batch = batch_for(size)
+            timed = time_epoch(size, batch, 1)
+            step, epochs = timed["seconds_per_step"], int(budget // timed["epoch"])
+            timing[f"{size[0]}x{size[1]}"] = {
+                "batch_size": batch,
+                "seconds_per_step": round(step, 3),
+                "seconds_per_validation_image": round(timed["seconds_per_validation_image"], 4),
+                "epochs_in_budget": epochs,
+            }
             if chosen is not None and epochs < MIN_EPOCHS:
                 break
-            chosen = (size, step, epochs)
+            chosen = (size, batch, timed, epochs)
             if epochs < MIN_EPOCHS:
                 break
-        size, step, epochs = chosen
+        size, batch, timed, epochs = chosen
+        step = timed["seconds_per_step"]
         if "image_size" not in given:
             reasons.append(
                 f"largest size leaving >= {MIN_EPOCHS} epochs in {budget_minutes:g} min (or the smallest): {size[0]}x{size[1]}"
             )
+        if "batch_size" not in given and batch > WHOLE_IMAGE_BATCH:
+            reasons.append(f"{batch} images a step at {size[0]}x{size[1]} (the pixels of {WHOLE_IMAGE_BATCH} at 128x128)")
         image_size: List[int] | None = size
     else:
-        step = _time_step(network, loss, batch * crops, in_channels, roi, device, optimizer)
-        epochs = int(budget // epoch_seconds(step, batch * crops, roi))
-        timing[f"{roi[0]}x{roi[1]} patches"] = {"seconds_per_step": round(step, 3), "epochs_in_budget": epochs}
+        batch = batch_for(None)
+        timed = time_epoch(roi, batch, crops)
+        step, epochs = timed["seconds_per_step"], int(budget // timed["epoch"])
+        timing[f"{roi[0]}x{roi[1]} patches"] = {
+            "seconds_per_step": round(step, 3),
+            "seconds_per_validation_image": round(timed["seconds_per_validation_image"], 4),
+            "epochs_in_budget": epochs,
+        }
         image_size = None
     timing["seconds_per_step"] = round(step, 3)
     max_epochs = max(1, epochs)
     reasons.append(
-        f"a step of {batch} image(s) x {crops} view(s) takes {step:.2f} s on {device}: {max_epochs} epochs fit {budget_minutes:g} min"
+        f"a step of {batch} image(s) x {crops} view(s) takes {step:.2f} s on {device} (augmentation included), "
+        f"validation {timed['seconds_per_validation_image']:.3f} s an image: {max_epochs} epochs fit {budget_minutes:g} min"
     )
     return TrainingPlan(
         image_size=image_size,
