@@ -604,13 +604,13 @@ def _make_plan(
     def time_epoch(size: Sequence[int], batch: int, views: int) -> Dict[str, float]:
         """The timed pieces of an epoch at ``size``: a step (network, loss, optimizer; random data), the
         random transforms of its ``batch * views`` samples, and the validation that falls to each epoch."""
-        step = _time_step(network, loss, batch * views, in_channels, size, device, optimizer, max_grad_norm)
+        network_step = _time_step(network, loss, batch * views, in_channels, size, device, optimizer, max_grad_norm)
         transforms = (sample_transforms or {}).get("whole_image" if whole_image else "patch", [])
-        step += batch * views * _time_sample_transforms(transforms, in_channels, size)
+        step = network_step + batch * views * _time_sample_transforms(transforms, in_channels, size)
         if whole_image:  # at native size: the resizes and the threshold cost more than a small forward
             val_image = _time_validation_image(network, in_channels, size, median_hw, device)
         else:  # sliding windows: a forward is about a third of a training step
-            val_image = _windows(median_hw, size) * step / 3.0 / (batch * views)
+            val_image = _windows(median_hw, size) * network_step / 3.0 / (batch * views)
         steps = epoch_length or math.ceil(len(train) / (batch * world))
         epoch = steps * step + len(val) * val_image / world / max(1, val_interval)
         return {"seconds_per_step": step, "seconds_per_validation_image": val_image, "epoch": epoch}
