@@ -212,6 +212,18 @@ def _optimizer_like(optimizer: torch.optim.Optimizer | None, params: Any) -> tor
     return type(optimizer)(params, **{k: v for k, v in optimizer.defaults.items() if k in accepted})
 
 
+def _median_seconds(run: Callable[[], Any], repeats: int, device: torch.device) -> float:
+    """Median wall time of ``repeats`` calls of ``run`` after one warm-up call (CUDA synchronised)."""
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
 def _time_step(
     network: torch.nn.Module,
     loss: Callable,
@@ -229,24 +241,22 @@ def _time_step(
     optimizer = _optimizer_like(optimizer, model.parameters())
     loss = DeepSupervisionLoss(loss, weights=AUTHORS_DEEP_SUPERVISION)  # takes one output or a list of them
     out_channels = getattr(model, "out_channels", 1)
-    times = []
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss(model(x), y).backward()
+        if max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+        optimizer.step()
+
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         x = torch.rand(batch, in_channels, *size, device=device)
         y = (torch.rand(batch, 1, *size, device=device) > 0.5).float()
         if out_channels > 1:
             y = torch.randint(0, out_channels, (batch, 1, *size), device=device).float()
-        for _ in range(5):
-            start = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            loss(model(x), y).backward()
-            if max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-            optimizer.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - start)
+        seconds = _median_seconds(step, 4, device)
     del model, optimizer
-    return statistics.median(times[1:])
+    return seconds
 
 
 def _time_sample_transforms(transforms: Sequence[Callable], in_channels: int, size: Sequence[int]) -> float:
@@ -258,13 +268,9 @@ def _time_sample_transforms(transforms: Sequence[Callable], in_channels: int, si
     from monai.transforms import Compose
 
     compose = Compose(copy.deepcopy(list(transforms)))
-    times = []
-    for _ in range(6):
+    with torch.random.fork_rng(devices=[]):  # the run's random state is untouched
         sample = {"image": torch.rand(in_channels, *size), "label": (torch.rand(1, *size) > 0.5).float()}
-        start = time.perf_counter()
-        compose(sample)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
+    return _median_seconds(lambda: compose(dict(sample)), 5, torch.device("cpu"))
 
 
 def _time_validation_image(
@@ -273,19 +279,17 @@ def _time_validation_image(
     """Seconds to validate one whole image of ``native_hw`` at ``size``: resized, the forward, the logits
     resized back and thresholded (as the inferer and the post-processing do); median of two after a warm-up."""
     model = copy.deepcopy(network).to(device).eval()
-    times = []
+
+    def validate() -> None:
+        logits = model(F.interpolate(x, size=list(size), mode="bilinear", align_corners=False))
+        back = F.interpolate(logits, size=list(native_hw), mode="bilinear", align_corners=False)
+        (torch.sigmoid(back) > 0.5).float()
+
     with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         x = torch.rand(1, in_channels, *native_hw, device=device)
-        for _ in range(3):
-            start = time.perf_counter()
-            logits = model(F.interpolate(x, size=list(size), mode="bilinear", align_corners=False))
-            back = F.interpolate(logits, size=list(native_hw), mode="bilinear", align_corners=False)
-            (torch.sigmoid(back) > 0.5).float()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - start)
+        seconds = _median_seconds(validate, 2, device)
     del model
-    return statistics.median(times[1:])
+    return seconds
 
 
 def _windows(image_hw: Sequence[int], roi: Sequence[int], overlap: float = 0.25) -> int:
@@ -593,7 +597,7 @@ def _make_plan(
             return given["batch_size"]
         if not whole_image:
             return PATCH_BATCH
-        return max(WHOLE_IMAGE_BATCH, STEP_PIXELS // math.prod(size)) if size else WHOLE_IMAGE_BATCH
+        return max(WHOLE_IMAGE_BATCH, STEP_PIXELS // math.prod(size))
 
     crops = given.get("crops_per_image", 1 if whole_image else PATCH_CROPS)
     short_side = min(median_hw)
