@@ -132,7 +132,7 @@ def run_row(key: str, seed: int, args: argparse.Namespace) -> Dict[str, Any]:
         "params_m": count_parameters(network_config),
         "test_dice": test["mean_dice"], "test_iou": test["mean_iou"], "test_hd95": test["hd95"],
         "test_dice_before_largest_component_choice": test.get("mean_dice_largest_component"),
-        "keep_largest": plan.get("keep_largest", False),
+        "keep_largest": plan.get("keep_largest", False), "flip_tta": plan.get("flip_tta", False),
         "best_val_dice": max((h["val_dice"] for h in history), default=float("nan")),
         "image_size": plan["image_size"], "roi_size": plan["roi_size"], "batch_size": plan["batch_size"],
         "crops_per_image": plan["crops_per_image"], "max_epochs": plan["max_epochs"],

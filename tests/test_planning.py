@@ -16,9 +16,9 @@ from monai.networks.nets import BasicUNet
 from PIL import Image
 
 from bundle.errors import BundleInputError
-from bundle.workflows.handlers import GradientClipHandler, LargestComponentDecision
+from bundle.workflows.handlers import GradientClipHandler, LargestComponentDecision, TimeBudgetHandler
 from bundle.workflows.inferers import SegmentationInferer
-from bundle.workflows.planning import CANDIDATE_SIZES, fingerprint, plan_training, read_plan, write_plan
+from bundle.workflows.planning import CANDIDATE_SIZES, RecordedPlan, fingerprint, plan_training, read_plan, write_plan
 from bundle.data.transforms import LargestComponentd
 
 
@@ -73,12 +73,15 @@ def test_plan_resizes_blobs_and_patches_thin_lines(tmp_path):
     assert blobs.image_size in ([s, s] for s in CANDIDATE_SIZES if s <= 320) and blobs.crops_per_image == 1
     assert blobs.max_epochs >= 1 and blobs.timing["seconds_per_step"] > 0
     assert blobs.deep_supervision_weights == [0.6, 0.2, 0.2]  # the authors'
+    assert blobs.flip_tta is True  # whole images: the flips run in one batch
     lines = _plan(_write_pairs(tmp_path / "lines", [_lines((300, 300))] * 4, (300, 300)), tmp_path / "b")
     assert lines.image_size is None and lines.roi_size == [128, 128] and lines.crops_per_image > 1
     # one-pixel lines vanish at the auxiliary heads' 1/32 and 1/4: the main output only
     assert lines.deep_supervision_weights == [1.0, 0.0, 0.0] and any("too thin" in r for r in lines.reasons)
+    assert lines.flip_tta is False  # sliding windows would run three times
     saved = read_plan(tmp_path / "b" / "run")
     assert saved["image_size"] is None and saved["inference_size"] == [128, 128] and saved["given"] == {}
+    assert saved["flip_tta"] is False and read_plan(tmp_path / "a" / "run")["flip_tta"] is True
     assert saved["fingerprint"]["training_images"] == 4 and saved["reasons"]
 
 
@@ -161,6 +164,22 @@ def test_given_settings_win_and_are_recorded(tmp_path):
     assert patches.image_size is None and patches.roi_size == [64, 64]
     typed = _plan(pairs, tmp_path / "t", image_size="null", roi_size=64)  # `--image_size null` arrives as a word
     assert typed.image_size is None and typed.given["image_size"] is None
+    no_tta = _plan(pairs, tmp_path / "f", image_size=[64, 64], max_epochs=1, flip_tta="false")  # a word too
+    assert no_tta.flip_tta is False and no_tta.given["flip_tta"] is False
+
+
+def test_evaluation_follows_the_recorded_test_time_augmentation(tmp_path):
+    """Evaluation and inference use the run's flip_tta; a run planned before it existed had none; a given
+    setting wins; a bad one is one clear error."""
+    assert RecordedPlan.read(tmp_path).flip_tta is False  # no plan (an exported bundle gives its settings)
+    (tmp_path / "plan.json").write_text(json.dumps({"image_size": [64, 64], "roi_size": [64, 64]}))
+    assert RecordedPlan.read(tmp_path).flip_tta is False  # planned before flip_tta was planned
+    (tmp_path / "plan.json").write_text(json.dumps({"image_size": [64, 64], "roi_size": [64, 64], "flip_tta": True}))
+    assert RecordedPlan.read(tmp_path).flip_tta is True
+    assert RecordedPlan.read(tmp_path, flip_tta="false").flip_tta is False
+    assert RecordedPlan.read(tmp_path, keep_largest="true").keep_largest is True
+    with pytest.raises(BundleInputError, match="--flip_tta"):
+        RecordedPlan.read(tmp_path, flip_tta="sometimes")
 
 
 def test_resume_reads_the_plan_back(tmp_path):
@@ -185,6 +204,7 @@ def test_demo_plan_is_fixed_and_fast(tmp_path):
         ("roi_size", None),
         ("time_budget_minutes", -1),
         ("deep_supervision_weights", [0.6, -0.2]),
+        ("flip_tta", "yes"),
     ],
 )
 def test_bad_settings_are_one_clear_error(tmp_path, setting, value):
@@ -219,6 +239,28 @@ def test_flip_tta_averages_the_flipped_predictions():
     torch.testing.assert_close(out, expected)
 
 
+def test_whole_image_flips_run_as_one_batch_at_the_networks_scale():
+    """Resized once, the image and its flips in one network call; the same logits as resizing each flip
+    (the flips of a resized image are the resized flips)."""
+    weight = torch.randn(1, 3, 3, 3)
+    calls = []
+
+    def network(x):
+        calls.append(x.shape[0])
+        return torch.nn.functional.conv2d(x, weight, padding=1)
+
+    image = torch.rand(2, 3, 90, 70)
+
+    def one_view(x):
+        small = torch.nn.functional.interpolate(x, size=[32, 32], mode="bilinear", align_corners=False, antialias=True)
+        return torch.nn.functional.interpolate(network(small), size=[90, 70], mode="bilinear", align_corners=False)
+
+    out = SegmentationInferer(image_size=[32, 32], flip_tta=True)(image, network)
+    assert calls == [6]  # 2 images x (image + 2 flips)
+    expected = (one_view(image) + one_view(image.flip(2)).flip(2) + one_view(image.flip(3)).flip(3)) / 3
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+
+
 def test_the_network_sees_a_plain_tensor_and_the_logits_keep_the_metadata():
     from monai.data import MetaTensor, decollate_batch
     from monai.data.utils import list_data_collate
@@ -249,6 +291,34 @@ def test_gradient_clip_handler_limits_the_norm():
     engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
     norm = torch.sqrt(sum(p.grad.pow(2).sum() for p in network.parameters()))
     assert norm == pytest.approx(0.5, rel=1e-4)
+
+
+def test_time_budget_ends_training_validated_before_the_budget_passes(monkeypatch):
+    """On a machine slower than planned, training ends after the epoch where the next would pass the
+    budget, as a last epoch (so the validation after the last epoch runs); off where epochs were given."""
+    from types import SimpleNamespace
+
+    from bundle.workflows import handlers
+
+    clock = [0.0]
+    monkeypatch.setattr(handlers, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+
+    def run(enabled: bool):
+        def step(engine, batch):  # epochs of 20 s, then of 60 s from the 4th on (the machine slows down)
+            clock[0] += 10.0 if engine.state.epoch <= 3 else 30.0
+
+        engine = Engine(step)
+        TimeBudgetHandler(minutes=5, enabled=enabled).attach(engine)
+        last = []
+        engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: last.append(e.state.epoch == e.state.max_epochs))
+        clock[0] = 0.0
+        engine.run([0, 1], max_epochs=15)  # planned: 15 epochs of 20 s
+        return engine.state.epoch, last, clock[0]
+
+    epochs, last, seconds = run(True)
+    # 3 x 20 s + 4 x 60 s = 300 s, the budget; an 8th epoch would pass it
+    assert (epochs, seconds) == (7, 300.0) and last[-1] and not any(last[:-1])
+    assert run(False)[0] == 15
 
 
 def test_largest_component_beside_or_instead_of_the_prediction():

@@ -20,7 +20,9 @@
 - ``image_size`` ``None``: MONAI's ``SlidingWindowInferer`` with ``roi_size`` windows at native
   resolution (thin structures such as retinal vessels, which resizing would erase).
 
-``flip_tta`` averages the logits over the image and its flips (test-time augmentation).
+``flip_tta`` averages the logits over the image and its flips (test-time augmentation). Whole images are
+resized once and the flips run as one batch at ``image_size`` (a network call on three small images costs
+little more than on one); sliding windows run once per flip.
 
 The network sees a plain tensor: MONAI's ``MetaTensor`` routes every operation through Python
 metadata bookkeeping, which made a ``tiny`` network's forward on a Kvasir image several times slower
@@ -71,29 +73,39 @@ class SegmentationInferer(Inferer):
         )
         self.flip_tta = flip_tta
 
-    def _infer(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
-        if self.window is not None:
-            return self.window(inputs, network, *args, **kwargs)
-        size = list(inputs.shape[2:])
-        mode = "bilinear" if len(size) == 2 else "trilinear"
-        resized = inputs
-        if size != self.image_size:  # antialiased when shrinking a 2D image (PyTorch has it in 2D only)
-            resized = F.interpolate(
-                inputs, size=self.image_size, mode=mode, align_corners=False, antialias=len(size) == 2
-            )
-        logits = network(resized, *args, **kwargs)
-        if list(logits.shape[2:]) == size:
-            return logits
-        return F.interpolate(logits, size=size, mode=mode, align_corners=False)
+    def _resize(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        if list(x.shape[2:]) == list(size):
+            return x
+        mode = "bilinear" if x.ndim == 4 else "trilinear"
+        shrink = x.ndim == 4 and any(s < t for s, t in zip(size, x.shape[2:]))
+        # antialiased when shrinking a 2D image (PyTorch has it in 2D only)
+        return F.interpolate(x, size=list(size), mode=mode, align_corners=False, antialias=shrink)
+
+    def _flipped_dims(self, ndim: int) -> List[List[int]]:
+        return [[d] for d in range(2, ndim)] if self.flip_tta else []
+
+    def _whole_image(self, image: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
+        resized = self._resize(image, self.image_size)
+        flips = self._flipped_dims(image.ndim)
+        # the flips of a resized image are the resized flips: resize once, one network call for all
+        views = torch.cat([resized] + [resized.flip(dims) for dims in flips]) if flips else resized
+        logits = network(views, *args, **kwargs)
+        if flips:
+            parts = logits.split(image.shape[0])
+            logits = (parts[0] + sum(part.flip(dims) for part, dims in zip(parts[1:], flips))) / (len(flips) + 1)
+        return self._resize(logits, image.shape[2:])
+
+    def _windows(self, image: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
+        logits = self.window(image, network, *args, **kwargs)
+        flips = self._flipped_dims(image.ndim)
+        for dims in flips:
+            logits = logits + self.window(image.flip(dims), network, *args, **kwargs).flip(dims)
+        return logits / (len(flips) + 1)
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
         image = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
-        logits = self._infer(image, network, *args, **kwargs)
-        if self.flip_tta:
-            flips: List[List[int]] = [[d] for d in range(2, image.ndim)]
-            for dims in flips:
-                logits = logits + self._infer(image.flip(dims), network, *args, **kwargs).flip(dims)
-            logits = logits / (len(flips) + 1)
+        infer = self._windows if self.window is not None else self._whole_image
+        logits = infer(image, network, *args, **kwargs)
         if isinstance(inputs, MetaTensor):  # as a network called on the MetaTensor would return it
             return MetaTensor(logits).copy_meta_from(inputs)
         return logits

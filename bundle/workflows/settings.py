@@ -135,7 +135,7 @@ def check_training_settings(
 
     ``weights`` are weight files that must exist (``fine_weights``, ``coarse_weights``); ``planned``
     the settings the plan resolves (``image_size``, ``roi_size``, ``batch_size``, ``crops_per_image``,
-    ``max_epochs``, ``time_budget_minutes``, ``intensity``, ``deep_supervision_weights``), checked as the plan
+    ``max_epochs``, ``time_budget_minutes``, ``intensity``, ``deep_supervision_weights``, ``flip_tta``), checked as the plan
     checks them.
     """
     from bundle.networks.nets.ds_transunet import PRESETS
