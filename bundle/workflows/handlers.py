@@ -106,8 +106,7 @@ class TimeBudgetHandler:
         self._ends = [self._start]
 
     def __call__(self, engine: Engine) -> None:
-        import torch.distributed as dist
-
+        dist = torch.distributed
         now = time.perf_counter()
         self._ends.append(now)
         if engine.state.epoch >= engine.state.max_epochs:

@@ -61,9 +61,9 @@ import torch.nn.functional as F
 from monai.losses import DeepSupervisionLoss
 
 from bundle.errors import BundleInputError
-from bundle.workflows.inferers import SegmentationInferer
 from bundle.data.image_files import read_array, read_info
 from bundle.data.transforms import binarize_mask
+from bundle.workflows.inferers import SegmentationInferer
 
 __all__ = ["TrainingPlan", "plan_training", "read_plan", "update_plan", "fingerprint", "PLAN_FILE"]
 
@@ -333,8 +333,8 @@ def read_plan(output_dir: str | os.PathLike) -> Dict[str, Any]:
 
 @dataclass
 class RecordedPlan:
-    """What a trained model expects, for evaluation and inference: the scale, intensity and largest-component
-    choice of the training run's ``plan.json``; a setting given (not ``auto``) wins. The configs read it as
+    """What a trained model expects, for evaluation and inference: the scale, intensity, flip test-time
+    augmentation and largest-component choice of the training run's ``plan.json``; a setting given (not ``auto``) wins. The configs read it as
     training reads its :class:`TrainingPlan` (``$@plan.image_size``)."""
 
     image_size: List[int] | None
