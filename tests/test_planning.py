@@ -257,6 +257,7 @@ def test_whole_image_flips_run_as_one_batch_at_the_networks_scale():
 
     out = SegmentationInferer(image_size=[32, 32], flip_tta=True)(image, network)
     assert calls == [6]  # 2 images x (image + 2 flips)
+    assert SegmentationInferer(roi_size=[16, 16], flip_tta=True).views() == 3 == calls[0] // 2
     expected = (one_view(image) + one_view(image.flip(2)).flip(2) + one_view(image.flip(3)).flip(3)) / 3
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
 

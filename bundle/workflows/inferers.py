@@ -84,6 +84,10 @@ class SegmentationInferer(Inferer):
     def _flipped_dims(self, ndim: int) -> List[List[int]]:
         return [[d] for d in range(2, ndim)] if self.flip_tta else []
 
+    def views(self, spatial_dims: int = 2) -> int:
+        """Views of each image the network sees: 1, or with ``flip_tta`` also one flip per spatial axis."""
+        return 1 + len(self._flipped_dims(spatial_dims + 2))
+
     def _whole_image(self, image: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
         resized = self._resize(image, self.image_size)
         flips = self._flipped_dims(image.ndim)

@@ -652,7 +652,8 @@ def _make_plan(
         if whole_image:  # at native size: the resizes and the threshold cost more than a small forward
             val_image = _time_validation_image(network, in_channels, size, median_hw, device, flip_tta)
         else:  # sliding windows: a forward is about a third of a training step
-            val_image = (1 + 2 * flip_tta) * _windows(median_hw, size) * network_step / 3.0 / (batch * views)
+            windows = _windows(median_hw, size) * SegmentationInferer(roi_size=size, flip_tta=flip_tta).views()
+            val_image = windows * network_step / 3.0 / (batch * views)
         steps = epoch_length or math.ceil(len(train) / (batch * world))
         epoch = steps * step + len(val) * val_image / world / max(1, val_interval)
         return {"seconds_per_step": step, "seconds_per_validation_image": val_image, "epoch": epoch}
