@@ -153,6 +153,31 @@ def test_timed_steps_use_the_runs_optimizer(tmp_path, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(before, network.parameters())) and not runs.state
 
 
+def test_plan_times_every_size_on_one_copy_of_the_network(tmp_path, monkeypatch):
+    """Steps and validation at every candidate size run on one copy of the run's network (not a copy per
+    timing), the run's network untouched; a multi-class run's validation timing takes the argmax."""
+    from bundle.workflows import planning
+
+    models = []
+
+    def recording(real):
+        return lambda model, *args, **kwargs: models.append(model) or real(model, *args, **kwargs)
+
+    for name in ("_time_step", "_time_validation_image"):
+        monkeypatch.setattr(planning, name, recording(getattr(planning, name)))
+    network = BasicUNet(spatial_dims=2, in_channels=3, out_channels=3, features=(4, 4, 8, 8, 16, 4))
+    before = [p.detach().clone() for p in network.parameters()]
+    labels = [_blob((200, 200), 60).astype(np.uint8) * (1 + i % 2) for i in range(2)]
+    pairs = _write_pairs(tmp_path / "blobs", labels, (200, 200))
+    for pair, label in zip(pairs, labels):  # label maps 0..2, not binary masks
+        Image.fromarray(label).save(pair["label"])
+    plan = _plan(pairs, tmp_path, network=network, loss=DiceCELoss(softmax=True, to_onehot_y=True), out_channels=3,
+                 time_budget_minutes=60)  # fmt: skip
+    assert len(plan.timing) > 4 and len(models) >= 4  # two sizes or more, a step and a validation each
+    assert len({id(m) for m in models}) == 1 and models[0] is not network
+    assert all(torch.equal(a, b) for a, b in zip(before, network.parameters()))
+
+
 def test_given_settings_win_and_are_recorded(tmp_path):
     pairs = _write_pairs(tmp_path / "blobs", [_blob((200, 200), 60)] * 2, (200, 200))
     plan = _plan(pairs, tmp_path, image_size=[96, 128], batch_size=3, max_epochs=7, deep_supervision_weights=[1, 0.5, 0])

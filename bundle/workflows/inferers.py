@@ -94,17 +94,20 @@ class SegmentationInferer(Inferer):
         # the flips of a resized image are the resized flips: resize once, one network call for all
         views = torch.cat([resized] + [resized.flip(dims) for dims in flips]) if flips else resized
         logits = network(views, *args, **kwargs)
-        if flips:
-            parts = logits.split(image.shape[0])
-            logits = (parts[0] + sum(part.flip(dims) for part, dims in zip(parts[1:], flips))) / (len(flips) + 1)
-        return self._resize(logits, image.shape[2:])
+        return self._resize(self._unflipped_mean(logits.split(image.shape[0]), flips), image.shape[2:])
 
     def _windows(self, image: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
-        logits = self.window(image, network, *args, **kwargs)
         flips = self._flipped_dims(image.ndim)
-        for dims in flips:
-            logits = logits + self.window(image.flip(dims), network, *args, **kwargs).flip(dims)
-        return logits / (len(flips) + 1)
+        views = [image] + [image.flip(dims) for dims in flips]
+        return self._unflipped_mean([self.window(view, network, *args, **kwargs) for view in views], flips)
+
+    @staticmethod
+    def _unflipped_mean(logits: Sequence[torch.Tensor], flips: List[List[int]]) -> torch.Tensor:
+        """The mean of the image's logits (first) and its flips' logits, each flipped back."""
+        total = logits[0]
+        for view, dims in zip(logits[1:], flips):
+            total = total + view.flip(dims)
+        return total / len(logits)
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
         image = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs

@@ -241,7 +241,7 @@ def _median_seconds(run: Callable[[], Any], repeats: int, device: torch.device) 
 
 
 def _time_step(
-    network: torch.nn.Module,
+    model: torch.nn.Module,
     loss: Callable,
     batch: int,
     in_channels: int,
@@ -251,9 +251,10 @@ def _time_step(
     max_grad_norm: float = 0.0,
 ) -> float:
     """Seconds per training step (forward, loss, backward, gradient clipping when ``max_grad_norm``,
-    optimizer step), median of four after a warm-up, on a copy of ``network`` with random data and an
-    optimizer like the run's (``optimizer``); the run's network, optimizer and random state are untouched."""
-    model = copy.deepcopy(network).to(device).train()
+    optimizer step), median of four after a warm-up, on ``model`` (the plan's copy of the run's network)
+    with random data and an optimizer like the run's (``optimizer``); the run's network, optimizer and
+    random state are untouched."""
+    model.train()
     optimizer = _optimizer_like(optimizer, model.parameters())
     loss = DeepSupervisionLoss(loss, weights=AUTHORS_DEEP_SUPERVISION)  # takes one output or a list of them
     out_channels = getattr(model, "out_channels", 1)
@@ -271,7 +272,7 @@ def _time_step(
         if out_channels > 1:
             y = torch.randint(0, out_channels, (batch, 1, *size), device=device).float()
         seconds = _median_seconds(step, 4, device)
-    del model, optimizer
+    optimizer.zero_grad(set_to_none=True)  # the copy is timed again at the next size
     return seconds
 
 
@@ -290,26 +291,28 @@ def _time_sample_transforms(transforms: Sequence[Callable], in_channels: int, si
 
 
 def _time_validation_image(
-    network: torch.nn.Module,
+    model: torch.nn.Module,
     in_channels: int,
     size: Sequence[int],
     native_hw: Sequence[int],
     device: torch.device,
     flip_tta: bool = False,
+    out_channels: int = 1,
 ) -> float:
-    """Seconds to validate one whole image of ``native_hw`` at ``size``: the run's inferer (resized, the
-    forward, with its flips when ``flip_tta``, the logits resized back) and the threshold; median of two
-    after a warm-up."""
-    model = copy.deepcopy(network).to(device).eval()
+    """Seconds to validate one whole image of ``native_hw`` at ``size`` on ``model`` (the plan's copy of the
+    run's network): the run's inferer (resized, the forward, with its flips when ``flip_tta``, the logits
+    resized back) and the mask (threshold, or argmax over ``out_channels`` classes); median of two after a
+    warm-up."""
+    model.eval()
     inferer = SegmentationInferer(image_size=size, flip_tta=flip_tta)
 
     def validate() -> None:
-        (torch.sigmoid(inferer(x, model)) > 0.5).float()
+        logits = inferer(x, model)  # then what prediction_postprocessing does
+        (torch.sigmoid(logits) > 0.5).float() if out_channels == 1 else torch.softmax(logits, 1).argmax(1)
 
     with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         x = torch.rand(1, in_channels, *native_hw, device=device)
         seconds = _median_seconds(validate, 2, device)
-    del model
     return seconds
 
 
@@ -642,15 +645,22 @@ def _make_plan(
     roi_side = max(64, min(PATCH_SIDE, short_side // 64 * 64))
     roi = given.get("roi_size", [roi_side, roi_side])
     world = _world_size()
+    copies: List[torch.nn.Module] = []
+
+    def probe() -> torch.nn.Module:
+        """One copy of the run's network for every timing (made at the first): the run's own is untouched."""
+        if not copies:
+            copies.append(copy.deepcopy(network).to(device))
+        return copies[0]
 
     def time_epoch(size: Sequence[int], batch: int, views: int) -> Dict[str, float]:
         """The timed pieces of an epoch at ``size``: a step (network, loss, optimizer; random data), the
         random transforms of its ``batch * views`` samples, and the validation that falls to each epoch."""
-        network_step = _time_step(network, loss, batch * views, in_channels, size, device, optimizer, max_grad_norm)
+        network_step = _time_step(probe(), loss, batch * views, in_channels, size, device, optimizer, max_grad_norm)
         transforms = (sample_transforms or {}).get("whole_image" if whole_image else "patch", [])
         step = network_step + batch * views * _time_sample_transforms(transforms, in_channels, size)
         if whole_image:  # at native size: the resizes and the threshold cost more than a small forward
-            val_image = _time_validation_image(network, in_channels, size, median_hw, device, flip_tta)
+            val_image = _time_validation_image(probe(), in_channels, size, median_hw, device, flip_tta, out_channels)
         else:  # sliding windows: a forward is about a third of a training step
             windows = _windows(median_hw, size) * SegmentationInferer(roi_size=size, flip_tta=flip_tta).views()
             val_image = windows * network_step / 3.0 / (batch * views)
@@ -659,6 +669,14 @@ def _make_plan(
         return {"seconds_per_step": step, "seconds_per_validation_image": val_image, "epoch": epoch}
 
     timing: Dict[str, Any] = {"device": str(device), "processes": world}
+
+    def record(timed: Mapping[str, float], epochs: int) -> Dict[str, Any]:
+        return {
+            "seconds_per_step": round(timed["seconds_per_step"], 3),
+            "seconds_per_validation_image": round(timed["seconds_per_validation_image"], 4),
+            "epochs_in_budget": epochs,
+        }
+
     # loading, checkpoints and the engine's own work take the rest (runs took 3-15% longer than planned at 0.95)
     budget = budget_minutes * 60.0 * 0.9
     if "max_epochs" in given and (not whole_image or "image_size" in given):
@@ -685,12 +703,7 @@ def _make_plan(
             batch = batch_for(size)
             timed = time_epoch(size, batch, 1)
             step, epochs = timed["seconds_per_step"], int(budget // timed["epoch"])
-            timing[f"{size[0]}x{size[1]}"] = {
-                "batch_size": batch,
-                "seconds_per_step": round(step, 3),
-                "seconds_per_validation_image": round(timed["seconds_per_validation_image"], 4),
-                "epochs_in_budget": epochs,
-            }
+            timing[f"{size[0]}x{size[1]}"] = {"batch_size": batch, **record(timed, epochs)}
             if chosen is not None and epochs < MIN_EPOCHS:
                 break
             chosen = (size, batch, timed, epochs)
@@ -709,11 +722,7 @@ def _make_plan(
         batch = batch_for(None)
         timed = time_epoch(roi, batch, crops)
         step, epochs = timed["seconds_per_step"], int(budget // timed["epoch"])
-        timing[f"{roi[0]}x{roi[1]} patches"] = {
-            "seconds_per_step": round(step, 3),
-            "seconds_per_validation_image": round(timed["seconds_per_validation_image"], 4),
-            "epochs_in_budget": epochs,
-        }
+        timing[f"{roi[0]}x{roi[1]} patches"] = record(timed, epochs)
         image_size = None
     timing["seconds_per_step"] = round(step, 3)
     max_epochs = max(1, epochs)
