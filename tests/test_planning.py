@@ -320,8 +320,9 @@ def test_gradient_clip_handler_limits_the_norm():
 
 
 def test_time_budget_ends_training_validated_before_the_budget_passes(monkeypatch):
-    """On a machine slower than planned, training ends after the epoch where the next would pass the
-    budget, as a last epoch (so the validation after the last epoch runs); off where epochs were given."""
+    """On a machine slower than planned, training ends after the epoch where another epoch and the
+    validations it brings would pass the budget, as a last epoch (so the validation after the last epoch
+    runs, inside the budget); off where epochs were given."""
     from types import SimpleNamespace
 
     from bundle.workflows import handlers
@@ -337,14 +338,32 @@ def test_time_budget_ends_training_validated_before_the_budget_passes(monkeypatc
         TimeBudgetHandler(minutes=5, enabled=enabled).attach(engine)
         last = []
         engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: last.append(e.state.epoch == e.state.max_epochs))
+
+        @engine.on(Events.EPOCH_COMPLETED(event_filter=lambda e, epoch: epoch % 2 == 0 or epoch == e.state.max_epochs))
+        def validate(engine):  # 10 s, every 2 epochs and after the last, as PeriodicValidationHandler
+            clock[0] += 10.0
+
         clock[0] = 0.0
         engine.run([0, 1], max_epochs=15)  # planned: 15 epochs of 20 s
         return engine.state.epoch, last, clock[0]
 
     epochs, last, seconds = run(True)
-    # 3 x 20 s + 4 x 60 s = 300 s, the budget; an 8th epoch would pass it
-    assert (epochs, seconds) == (7, 300.0) and last[-1] and not any(last[:-1])
+    # 3 x 20 s + 3 x 60 s + 3 validations = 270 s; after epoch 5 (200 s) a 6th and its validation fit the
+    # 300 s, after the 6th (260 s) a 7th (60 s) with the validations of the 6th and the 7th would not
+    assert (epochs, seconds) == (6, 270.0) and last[-1] and not any(last[:-1])
     assert run(False)[0] == 15
+    # the last epoch's validation counts too: epochs of 40 s, validations of 20 s, 345 s. After epoch 6 (280 s,
+    # its validation due) a 7th epoch alone would fit, but with the validations of the 6th and the 7th it ends at
+    # 360 s; training ends after the 6th, at 300 s (a 2026-12-02 Kvasir-SEG run ended 3 s past its hour that way)
+    clock[0] = 0.0
+    engine = Engine(lambda e, b: clock.__setitem__(0, clock[0] + 40.0))
+    TimeBudgetHandler(minutes=345 / 60).attach(engine)
+    engine.add_event_handler(
+        Events.EPOCH_COMPLETED(event_filter=lambda e, epoch: epoch % 2 == 0 or epoch == e.state.max_epochs),
+        lambda e: clock.__setitem__(0, clock[0] + 20.0),
+    )
+    engine.run([0], max_epochs=20)
+    assert (engine.state.epoch, clock[0]) == (6, 300.0)
 
 
 def test_largest_component_beside_or_instead_of_the_prediction():

@@ -75,14 +75,16 @@ class PeriodicValidationHandler(ValidationHandler):
 
 
 class TimeBudgetHandler:
-    """End training after the epoch where the next one would pass ``minutes`` of training.
+    """End training after the epoch where going on would pass ``minutes`` of training.
 
     The plan fits ``max_epochs`` into 90% of the budget from steps timed when training starts, but this
     machine's speed drifts (a Kvasir-SEG run's epochs went from 36 s to 42 s within the hour, nothing else
-    running). The next epoch is assumed to take as long as the longer of the last two, each of which
-    includes the validation after it. Stopping sets ``max_epochs`` to the current epoch, so the
-    validation after the last epoch still runs (attach this before :class:`PeriodicValidationHandler`);
-    the learning rate is near the end of its cosine decay by then. Under DDP rank 0 decides for all.
+    running). Going on after an epoch means its validation (if due), one more epoch, and the validation
+    after that epoch (the last one is always validated): the handler assumes the epoch takes as long as
+    the longer of the last two, and each validation as long as the longest time so far between an epoch's
+    end and the next one's start. Stopping sets ``max_epochs`` to the current epoch, so the validation
+    after the last epoch still runs (attach this before :class:`PeriodicValidationHandler`); the learning
+    rate is near the end of its cosine decay by then. Under DDP rank 0 decides for all.
 
     Args:
         minutes: the training time budget (``time_budget_minutes``).
@@ -92,37 +94,45 @@ class TimeBudgetHandler:
     def __init__(self, minutes: float, enabled: bool = True) -> None:
         self.seconds = float(minutes) * 60.0
         self.enabled = enabled
-        self._start = 0.0
-        self._ends: list = []
+        self._start = self._epoch_start = 0.0
+        self._epoch_end: float | None = None
+        self._trained: list = []  # seconds of each epoch's iterations
+        self._between = 0.0  # the longest time from an epoch's end to the next one's start: its validation
 
     def attach(self, engine: Engine) -> None:
         if not self.enabled:
             return
         engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def _started(self, engine: Engine) -> None:
         self._start = time.perf_counter()
-        self._ends = [self._start]
+        self._epoch_end, self._trained, self._between = None, [], 0.0
+
+    def _epoch_started(self, engine: Engine) -> None:
+        self._epoch_start = time.perf_counter()
+        if self._epoch_end is not None:
+            self._between = max(self._between, self._epoch_start - self._epoch_end)
 
     def __call__(self, engine: Engine) -> None:
         dist = torch.distributed
-        now = time.perf_counter()
-        self._ends.append(now)
+        now = self._epoch_end = time.perf_counter()
+        self._trained.append(now - self._epoch_start)
         if engine.state.epoch >= engine.state.max_epochs:
             return
-        epochs = [b - a for a, b in zip(self._ends[-3:], self._ends[-2:])]
-        stop = torch.tensor(float(now - self._start + max(epochs) > self.seconds))
+        going_on = 2 * self._between + max(self._trained[-2:])
+        stop = torch.tensor(float(now - self._start + going_on > self.seconds))
         if dist.is_available() and dist.is_initialized():
             if dist.get_backend() == "nccl":
                 stop = stop.cuda()
             dist.broadcast(stop, src=0)
         if stop.item():
             logger.warning(
-                "Time budget: %.1f of %.0f minutes used after epoch %d of %d, and an epoch takes up to %.0f s: "
-                "training ends here (this machine runs slower than when the plan timed it).",
+                "Time budget: %.1f of %.0f minutes used after epoch %d of %d; another epoch and its validation "
+                "would take up to %.0f s: training ends here (this machine runs slower than when the plan timed it).",
                 (now - self._start) / 60.0, self.seconds / 60.0, engine.state.epoch, engine.state.max_epochs,
-                max(epochs),
+                going_on,
             )  # fmt: skip
             engine.state.max_epochs = engine.state.epoch
 
