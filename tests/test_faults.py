@@ -152,7 +152,7 @@ BAD_SETTINGS = [
     (["--learning_rate", "abc"], "--learning_rate 'abc': give a number above 0."),
     (["--preset", "huge"], "--preset 'huge': give one of base, small, tiny."),
     (["--max_epochs", "-1"], "--max_epochs -1: give auto or a whole number of at least 1."),
-    (["--val_interval", "0"], "--val_interval 0: give a whole number at least 1."),
+    (["--val_interval", "0"], "--val_interval 0: give auto or a whole number of at least 1."),
     (["--epoch_length", "0"], "--epoch_length 0: give a whole number at least 1."),
     (["--roi_size", "[0, 0]"], "--roi_size [0, 0]: give auto, [height, width] in pixels."),
     (["--fine_weights", "/nowhere/swin.pth"], "Swin weights file not found: /nowhere/swin.pth"),

@@ -111,6 +111,28 @@ def test_plan_buys_epochs_with_scale_and_batches_small_images(tmp_path, monkeypa
     assert given.batch_size == 8 and given.given == {"batch_size": 8}
 
 
+def test_plan_spaces_validations_to_a_share_of_the_time(tmp_path, monkeypatch):
+    """Validation every N epochs so that it takes about VALIDATION_SHARE of the training time, but at least
+    MIN_VALIDATIONS times a run; a given val_interval wins; plan.json records it (timings faked)."""
+    from bundle.workflows import planning
+
+    seconds = {"step": 0.05, "validation": 0.02}
+    monkeypatch.setattr(planning, "_time_step", lambda *args, **kwargs: seconds["step"])
+    monkeypatch.setattr(planning, "_time_validation_image", lambda *args, **kwargs: seconds["validation"])
+    pairs = _write_pairs(tmp_path / "blobs", [_blob((300, 300), 80)] * 4, (300, 300))
+    plan = _plan(pairs, tmp_path / "a")  # one step (0.05 s) and one validation image (0.02 s) an epoch
+    share = 0.02 / plan.val_interval / (0.05 + 0.02 / plan.val_interval)
+    assert plan.val_interval == 8 and share <= planning.VALIDATION_SHARE  # 7 would be 5.4%
+    assert plan.max_epochs // plan.val_interval >= planning.MIN_VALIDATIONS
+    assert read_plan(tmp_path / "a" / "run")["val_interval"] == 8 and any("every 8 epoch" in r for r in plan.reasons)
+    seconds.update(step=1.0, validation=0.5)  # 10 by the share, but only 25 epochs fit: validate every 2
+    plan = _plan(pairs, tmp_path / "b")
+    assert plan.val_interval == 2 and plan.max_epochs == int(0.5 * 60 * 0.9 // (1.0 + 0.5 / 2))
+    given = _plan(pairs, tmp_path / "c", val_interval=3)
+    assert given.val_interval == 3 and given.given["val_interval"] == 3
+    assert _plan(pairs, tmp_path / "d", image_size=[64, 64], max_epochs=40).val_interval == 4  # no timing
+
+
 def test_plan_times_each_samples_augmentation_on_copies(tmp_path, monkeypatch):
     """The random transforms of a training sample join the step's time (batch x their cost), timed on
     copies: the run's own transforms, and so its augmentation sequence, are untouched."""

@@ -31,7 +31,9 @@ ours and short enough to state:
    epochs buy more than resolution once the resize ceiling is kept). Whole images smaller than 128 px
    are batched up to the pixels of ``WHOLE_IMAGE_BATCH`` images of 128 px, so that a step is not
    mostly per-layer overhead.
-5. Flip test-time augmentation (``flip_tta``) in validation, evaluation and inference on whole images,
+5. Validation every ``val_interval`` epochs, so that validating takes about ``VALIDATION_SHARE`` of the
+   training time, and at least ``MIN_VALIDATIONS`` times a run (the best model is chosen from them).
+6. Flip test-time augmentation (``flip_tta``) in validation, evaluation and inference on whole images,
    where the image and its flips run as one batch at the network's scale; not on native patches, where
    every sliding window would run three times.
 
@@ -81,10 +83,15 @@ WHOLE_IMAGE_BATCH = 8
 # per-layer overhead (0.061 s an image on the 2-core CPU, 0.035 s in a step of 32)
 STEP_PIXELS = WHOLE_IMAGE_BATCH * 128 * 128
 PATCH_BATCH, PATCH_CROPS = 4, 4
-DEMO = dict(image_size=None, roi_size=[64, 64], batch_size=4, crops_per_image=4, max_epochs=30, flip_tta=False)
+# validating Kvasir-SEG's 100 images every 2 epochs took 14% of an hour's training (8.7 minutes, 2026-12-02)
+VALIDATION_SHARE = 0.05
+MIN_VALIDATIONS = 10
+DEMO = dict(
+    image_size=None, roi_size=[64, 64], batch_size=4, crops_per_image=4, max_epochs=30, flip_tta=False, val_interval=2
+)
 PLANNED = (
     "image_size", "roi_size", "batch_size", "crops_per_image", "max_epochs", "intensity", "deep_supervision_weights",
-    "flip_tta",
+    "flip_tta", "val_interval",
 )
 AUTHORS_DEEP_SUPERVISION = [0.6, 0.2, 0.2]  # main, deepest auxiliary, quarter-resolution auxiliary
 MAIN_OUTPUT_ONLY = [1.0, 0.0, 0.0]
@@ -106,6 +113,7 @@ class TrainingPlan:
     intensity: str = "minmax"
     deep_supervision_weights: List[float] = field(default_factory=lambda: list(AUTHORS_DEEP_SUPERVISION))
     flip_tta: bool = False  # validation, evaluation and inference average the logits over the image and its flips
+    val_interval: int = 2  # validate every N epochs (2: the fixed setting of runs planned before it was planned)
     given: Dict[str, Any] = field(default_factory=dict)
     settings: Dict[str, Any] = field(default_factory=dict)  # what a resumed run must match (preset, channels, network)
     time_budget_minutes: float | None = None
@@ -421,6 +429,7 @@ def check_planned_settings(
     intensity: Any = AUTO,
     deep_supervision_weights: Any = AUTO,
     flip_tta: Any = AUTO,
+    val_interval: Any = AUTO,
 ) -> Dict[str, Any]:
     """The settings given (not ``auto``), checked and normalised; a bad one is a one-line error."""
     requested = dict(
@@ -432,6 +441,7 @@ def check_planned_settings(
         intensity=intensity,
         deep_supervision_weights=deep_supervision_weights,
         flip_tta=flip_tta,
+        val_interval=val_interval,
     )
     given: Dict[str, Any] = {}
     for key, value in requested.items():
@@ -472,7 +482,7 @@ def plan_training(
     crops_per_image: Any = AUTO,
     max_epochs: Any = AUTO,
     time_budget_minutes: float = 60.0,
-    val_interval: int = 1,
+    val_interval: Any = AUTO,
     epoch_length: int | None = None,
     demo: bool = False,
     resume: bool = False,
@@ -496,7 +506,7 @@ def plan_training(
     The plan is written by :func:`write_plan` when training starts, not here."""
     given = check_planned_settings(
         image_size, roi_size, batch_size, crops_per_image, max_epochs, time_budget_minutes, intensity,
-        deep_supervision_weights, flip_tta,
+        deep_supervision_weights, flip_tta, val_interval,
     )
     path = Path(output_dir) / PLAN_FILE
     main = _world_size() == 1 or torch.distributed.get_rank() == 0
@@ -524,7 +534,6 @@ def plan_training(
                 out_channels,
                 given,
                 time_budget_minutes,
-                val_interval,
                 epoch_length,
                 optimizer,
                 sample_transforms,
@@ -589,7 +598,6 @@ def _make_plan(
     out_channels: int,
     given: Mapping[str, Any],
     budget_minutes: float,
-    val_interval: int,
     epoch_length: int | None,
     optimizer: torch.optim.Optimizer | None = None,
     sample_transforms: Mapping[str, Sequence[Callable]] | None = None,
@@ -654,8 +662,8 @@ def _make_plan(
         return copies[0]
 
     def time_epoch(size: Sequence[int], batch: int, views: int) -> Dict[str, float]:
-        """The timed pieces of an epoch at ``size``: a step (network, loss, optimizer; random data), the
-        random transforms of its ``batch * views`` samples, and the validation that falls to each epoch."""
+        """The timed pieces of an epoch at ``size``: a step (network, loss, optimizer; random data) with the
+        random transforms of its ``batch * views`` samples, the epoch's steps, and one validation."""
         network_step = _time_step(probe(), loss, batch * views, in_channels, size, device, optimizer, max_grad_norm)
         transforms = (sample_transforms or {}).get("whole_image" if whole_image else "patch", [])
         step = network_step + batch * views * _time_sample_transforms(transforms, in_channels, size)
@@ -665,15 +673,34 @@ def _make_plan(
             windows = _windows(median_hw, size) * SegmentationInferer(roi_size=size, flip_tta=flip_tta).views()
             val_image = windows * network_step / 3.0 / (batch * views)
         steps = epoch_length or math.ceil(len(train) / (batch * world))
-        epoch = steps * step + len(val) * val_image / world / max(1, val_interval)
-        return {"seconds_per_step": step, "seconds_per_validation_image": val_image, "epoch": epoch}
+        return {
+            "seconds_per_step": step,
+            "seconds_per_validation_image": val_image,
+            "training": steps * step,
+            "validation": len(val) * val_image / world,
+        }
+
+    def fit(timed: Mapping[str, float]) -> tuple:
+        """(val_interval, epochs in the budget): validation about VALIDATION_SHARE of the time, at least
+        MIN_VALIDATIONS times (unless val_interval is given)."""
+        train_s, val_s = timed["training"], timed["validation"]
+        if "val_interval" in given:
+            return given["val_interval"], int(budget // (train_s + val_s / given["val_interval"]))
+        interval = max(1, math.ceil(val_s * (1 - VALIDATION_SHARE) / (VALIDATION_SHARE * max(train_s, 1e-9))))
+        epochs = int(budget // (train_s + val_s / interval))
+        run_epochs = given.get("max_epochs", epochs)
+        if interval > 1 and run_epochs // interval < MIN_VALIDATIONS:
+            interval = max(1, run_epochs // MIN_VALIDATIONS)
+            epochs = int(budget // (train_s + val_s / interval))
+        return interval, epochs
 
     timing: Dict[str, Any] = {"device": str(device), "processes": world}
 
-    def record(timed: Mapping[str, float], epochs: int) -> Dict[str, Any]:
+    def record(timed: Mapping[str, float], interval: int, epochs: int) -> Dict[str, Any]:
         return {
             "seconds_per_step": round(timed["seconds_per_step"], 3),
             "seconds_per_validation_image": round(timed["seconds_per_validation_image"], 4),
+            "val_interval": interval,
             "epochs_in_budget": epochs,
         }
 
@@ -684,6 +711,7 @@ def _make_plan(
         size = given.get("image_size") if whole_image else None
         reasons.append("scale and max_epochs given: no timing")
         return TrainingPlan(
+            val_interval=given.get("val_interval", max(1, given["max_epochs"] // MIN_VALIDATIONS)),
             image_size=size,
             roi_size=list(roi),
             batch_size=batch_for(size),
@@ -702,14 +730,14 @@ def _make_plan(
         for size in sizes:
             batch = batch_for(size)
             timed = time_epoch(size, batch, 1)
-            step, epochs = timed["seconds_per_step"], int(budget // timed["epoch"])
-            timing[f"{size[0]}x{size[1]}"] = {"batch_size": batch, **record(timed, epochs)}
+            interval, epochs = fit(timed)
+            timing[f"{size[0]}x{size[1]}"] = {"batch_size": batch, **record(timed, interval, epochs)}
             if chosen is not None and epochs < MIN_EPOCHS:
                 break
-            chosen = (size, batch, timed, epochs)
+            chosen = (size, batch, timed, interval, epochs)
             if epochs < MIN_EPOCHS:
                 break
-        size, batch, timed, epochs = chosen
+        size, batch, timed, interval, epochs = chosen
         step = timed["seconds_per_step"]
         if "image_size" not in given:
             reasons.append(
@@ -721,11 +749,18 @@ def _make_plan(
     else:
         batch = batch_for(None)
         timed = time_epoch(roi, batch, crops)
-        step, epochs = timed["seconds_per_step"], int(budget // timed["epoch"])
-        timing[f"{roi[0]}x{roi[1]} patches"] = record(timed, epochs)
+        interval, epochs = fit(timed)
+        timing[f"{roi[0]}x{roi[1]} patches"] = record(timed, interval, epochs)
         image_size = None
+    step = timed["seconds_per_step"]
     timing["seconds_per_step"] = round(step, 3)
     max_epochs = max(1, epochs)
+    if "val_interval" not in given:
+        reasons.append(
+            f"validating {len(val)} image(s) takes {timed['validation']:.0f} s against {timed['training']:.0f} s of "
+            f"training an epoch: every {interval} epoch(s) (about {100 * VALIDATION_SHARE:g}% of the time, "
+            f">= {MIN_VALIDATIONS} validations)"
+        )
     reasons.append(
         f"a step of {batch} image(s) x {crops} view(s) takes {step:.2f} s on {device} (augmentation included), "
         f"validation {timed['seconds_per_validation_image']:.3f} s an image: {max_epochs} epochs fit {budget_minutes:g} min"
@@ -738,6 +773,7 @@ def _make_plan(
         max_epochs=max_epochs,
         deep_supervision_weights=weights,
         flip_tta=flip_tta,
+        val_interval=interval,
         fingerprint=fp,
         timing=timing,
         reasons=reasons,
@@ -769,11 +805,13 @@ def _log_plan(plan: TrainingPlan, path: Path) -> None:
         else (f"native-resolution patches of {plan.roi_size[0]}x{plan.roi_size[1]}")
     )
     logger.info(
-        "Plan: %s, batch %d x %d, %d epochs, %s intensities, %s (%s). Given: %s. Written to %s when training starts.",
+        "Plan: %s, batch %d x %d, %d epochs validated every %d, %s intensities, %s (%s). Given: %s. Written to %s "
+        "when training starts.",
         scale,
         plan.batch_size,
         plan.crops_per_image,
         plan.max_epochs,
+        plan.val_interval,
         "ImageNet mean/std" if plan.intensity == "imagenet" else "min/max-scaled",
         "flip test-time augmentation" if plan.flip_tta else "no test-time augmentation",
         "; ".join(plan.reasons),

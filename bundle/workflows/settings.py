@@ -120,7 +120,6 @@ def check_training_settings(
     preset: Any = "tiny",
     in_channels: Any = 3,
     out_channels: Any = 1,
-    val_interval: Any = 1,
     epoch_length: Any = None,
     warmup_fraction: Any = 0.0,
     max_grad_norm: Any = 0.0,
@@ -135,8 +134,8 @@ def check_training_settings(
 
     ``weights`` are weight files that must exist (``fine_weights``, ``coarse_weights``); ``planned``
     the settings the plan resolves (``image_size``, ``roi_size``, ``batch_size``, ``crops_per_image``,
-    ``max_epochs``, ``time_budget_minutes``, ``intensity``, ``deep_supervision_weights``, ``flip_tta``), checked as the plan
-    checks them.
+    ``max_epochs``, ``time_budget_minutes``, ``intensity``, ``deep_supervision_weights``, ``flip_tta``,
+    ``val_interval``), checked as the plan checks them.
     """
     from bundle.networks.nets.ds_transunet import PRESETS
     from bundle.workflows.planning import check_planned_settings
@@ -146,7 +145,6 @@ def check_training_settings(
         raise BundleInputError(f"--preset {preset!r}: give one of {', '.join(PRESETS)}.")
     _number("in_channels", in_channels, 1, whole=True)
     _number("out_channels", out_channels, 1, whole=True)
-    _number("val_interval", val_interval, 1, whole=True)
     if epoch_length is not None:
         _number("epoch_length", epoch_length, 1, whole=True)
     _number("warmup_fraction", warmup_fraction, 0.0, 0.99)
