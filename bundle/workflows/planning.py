@@ -680,7 +680,7 @@ def _make_plan(
             "validation": len(val) * val_image / world,
         }
 
-    def fit(timed: Mapping[str, float]) -> tuple:
+    def fit(timed: Mapping[str, float]) -> tuple[int, int]:
         """(val_interval, epochs in the budget): validation about VALIDATION_SHARE of the time, at least
         MIN_VALIDATIONS times (unless val_interval is given)."""
         train_s, val_s = timed["training"], timed["validation"]
