@@ -104,6 +104,8 @@ class SegmentationInferer(Inferer):
     @staticmethod
     def _unflipped_mean(logits: Sequence[torch.Tensor], flips: List[List[int]]) -> torch.Tensor:
         """The mean of the image's logits (first) and its flips' logits, each flipped back."""
+        if len(logits) == 1:
+            return logits[0]
         total = logits[0]
         for view, dims in zip(logits[1:], flips):
             total = total + view.flip(dims)

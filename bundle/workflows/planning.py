@@ -345,8 +345,8 @@ def read_plan(output_dir: str | os.PathLike) -> Dict[str, Any]:
 @dataclass
 class RecordedPlan:
     """What a trained model expects, for evaluation and inference: the scale, intensity, flip test-time
-    augmentation and largest-component choice of the training run's ``plan.json``; a setting given (not ``auto``) wins. The configs read it as
-    training reads its :class:`TrainingPlan` (``$@plan.image_size``)."""
+    augmentation and largest-component choice of the training run's ``plan.json``; a setting given (not
+    ``auto``) wins. The configs read it as training reads its :class:`TrainingPlan` (``$@plan.image_size``)."""
 
     image_size: List[int] | None
     roi_size: List[int]
@@ -653,22 +653,15 @@ def _make_plan(
     roi_side = max(64, min(PATCH_SIDE, short_side // 64 * 64))
     roi = given.get("roi_size", [roi_side, roi_side])
     world = _world_size()
-    copies: List[torch.nn.Module] = []
-
-    def probe() -> torch.nn.Module:
-        """One copy of the run's network for every timing (made at the first): the run's own is untouched."""
-        if not copies:
-            copies.append(copy.deepcopy(network).to(device))
-        return copies[0]
 
     def time_epoch(size: Sequence[int], batch: int, views: int) -> Dict[str, float]:
         """The timed pieces of an epoch at ``size``: a step (network, loss, optimizer; random data) with the
         random transforms of its ``batch * views`` samples, the epoch's steps, and one validation."""
-        network_step = _time_step(probe(), loss, batch * views, in_channels, size, device, optimizer, max_grad_norm)
+        network_step = _time_step(probe, loss, batch * views, in_channels, size, device, optimizer, max_grad_norm)
         transforms = (sample_transforms or {}).get("whole_image" if whole_image else "patch", [])
         step = network_step + batch * views * _time_sample_transforms(transforms, in_channels, size)
         if whole_image:  # at native size: the resizes and the threshold cost more than a small forward
-            val_image = _time_validation_image(probe(), in_channels, size, median_hw, device, flip_tta, out_channels)
+            val_image = _time_validation_image(probe, in_channels, size, median_hw, device, flip_tta, out_channels)
         else:  # sliding windows: a forward is about a third of a training step
             windows = _windows(median_hw, size) * SegmentationInferer(roi_size=size, flip_tta=flip_tta).views()
             val_image = windows * network_step / 3.0 / (batch * views)
@@ -684,15 +677,17 @@ def _make_plan(
         """(val_interval, epochs in the budget): validation about VALIDATION_SHARE of the time, at least
         MIN_VALIDATIONS times (unless val_interval is given)."""
         train_s, val_s = timed["training"], timed["validation"]
+
+        def epochs_with(interval: int) -> int:
+            return int(budget // (train_s + val_s / interval))
+
         if "val_interval" in given:
-            return given["val_interval"], int(budget // (train_s + val_s / given["val_interval"]))
+            return given["val_interval"], epochs_with(given["val_interval"])
         interval = max(1, math.ceil(val_s * (1 - VALIDATION_SHARE) / (VALIDATION_SHARE * max(train_s, 1e-9))))
-        epochs = int(budget // (train_s + val_s / interval))
-        run_epochs = given.get("max_epochs", epochs)
+        run_epochs = given.get("max_epochs", epochs_with(interval))
         if interval > 1 and run_epochs // interval < MIN_VALIDATIONS:
             interval = max(1, run_epochs // MIN_VALIDATIONS)
-            epochs = int(budget // (train_s + val_s / interval))
-        return interval, epochs
+        return interval, epochs_with(interval)
 
     timing: Dict[str, Any] = {"device": str(device), "processes": world}
 
@@ -723,6 +718,7 @@ def _make_plan(
             timing=timing,
             reasons=reasons,
         )
+    probe = copy.deepcopy(network).to(device)  # every timing runs on this copy: the run's network is untouched
     if whole_image:
         # smallest first: each larger size is timed only while the budget still leaves MIN_EPOCHS epochs
         sizes = [given["image_size"]] if "image_size" in given else [[s, s] for s in sorted(fits)]
