@@ -57,8 +57,9 @@ def test_training_on_demo_data(demo_run):
     state = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
     assert "head.conv.weight" in state or any(k.startswith("head") for k in state)
     resumable = torch.load(models / "checkpoint.pt", map_location="cpu", weights_only=True)
-    assert set(resumable) >= {"model", "optimizer", "lr_scheduler", "trainer", "best_model_saver"}
+    assert set(resumable) >= {"model", "optimizer", "lr_scheduler", "trainer", "weight_average", "best_model_saver"}
     assert trainer_epoch(resumable) == 2
+    assert resumable["weight_average"]["updates"] == resumable["trainer"]["iteration"]  # after every step
     assert resumable["best_model_saver"]["best_metric_epoch"] in (1, 2)
     split = json.loads((root / "runs" / "train" / "datalist.json").read_text())
     assert [len(split[s]) for s in ("training", "validation", "test")] == [10, 1, 1]
@@ -271,8 +272,15 @@ def test_resume_after_sigkill_mid_epoch(tmp_path):
     assert final["lr_scheduler"]["last_epoch"] == max_epochs * 6  # stepped every iteration, through the resume
     end_lr = 1.0e-5  # warm-up, then cosine down to 1% of --learning_rate 1.0e-3 at the last step
     assert final["optimizer"]["param_groups"][0]["lr"] == pytest.approx(end_lr, rel=1e-6)
+    assert final["weight_average"]["updates"] == max_epochs * 6  # averaged every step, through the resume
     best_after = final["best_model_saver"]
     assert best_after["best_metric"] >= best_before["best_metric"]
+    if best_after["best_metric_epoch"] == max_epochs:  # model.pt: the average (24 steps, horizon 2.4), not the latest
+        best = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
+        averaged = {k[len("module."):]: v for k, v in final["weight_average"].items() if k.startswith("module.")}
+        assert best.keys() == averaged.keys() == final["model"].keys()
+        assert all(torch.equal(best[k], averaged[k]) for k in best)
+        assert not all(torch.equal(best[k], final["model"][k]) for k in best)
     if best_after["best_metric_epoch"] <= killed_epoch:  # no better epoch after resuming: model.pt untouched
         assert best_after == best_before
         assert (models / "model.pt").read_bytes() == model_before

@@ -154,6 +154,7 @@ BAD_SETTINGS = [
     (["--max_epochs", "-1"], "--max_epochs -1: give auto or a whole number of at least 1."),
     (["--val_interval", "0"], "--val_interval 0: give auto or a whole number of at least 1."),
     (["--epoch_length", "0"], "--epoch_length 0: give a whole number at least 1."),
+    (["--ema_fraction", "1.5"], "--ema_fraction 1.5: give a number at least 0 and at most 1."),
     (["--roi_size", "[0, 0]"], "--roi_size [0, 0]: give auto, [height, width] in pixels."),
     (["--fine_weights", "/nowhere/swin.pth"], "Swin weights file not found: /nowhere/swin.pth"),
 ]
@@ -218,6 +219,24 @@ def test_a_truncated_or_foreign_checkpoint_under_resume_is_one_line(finished_run
     torch.save(state, checkpoint)
     error = failing_bundle(train_args(root, "--resume", "true", "--max_epochs", "2"))
     assert "holds another network" in error and "resume with the run's preset" in error
+
+
+def test_a_checkpoint_from_before_the_weight_average_resumes(finished_run, tmp_path):
+    """An older run's checkpoint.pt has no weight_average: resuming restarts the average from its weights."""
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(finished_run, root)
+    checkpoint = root / "models" / "checkpoint.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    done = state["trainer"]["iteration"]
+    del state["weight_average"]
+    torch.save(state, checkpoint)
+    result = run_bundle(train_args(root, "--resume", "true", "--max_epochs", "2"))
+    log = result.stdout + result.stderr
+    assert f"{checkpoint} holds no weight_average (an older run's checkpoint): it starts afresh." in log
+    resumed = torch.load(checkpoint, weights_only=True)
+    assert resumed["weight_average"]["updates"] == resumed["trainer"]["iteration"] - done > 0
 
 
 # ---- 8. smaller ones ---------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from monai.networks.nets import BasicUNet
 from PIL import Image
 
 from bundle.errors import BundleInputError
+from bundle.workflows.averaging import WeightAverage
 from bundle.workflows.handlers import GradientClipHandler, LargestComponentDecision, TimeBudgetHandler
 from bundle.workflows.inferers import SegmentationInferer
 from bundle.workflows.planning import CANDIDATE_SIZES, RecordedPlan, fingerprint, plan_training, read_plan, write_plan
@@ -339,6 +340,44 @@ def test_gradient_clip_handler_limits_the_norm():
     engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
     norm = torch.sqrt(sum(p.grad.pow(2).sum() for p in network.parameters()))
     assert norm == pytest.approx(0.5, rel=1e-4)
+
+
+def test_weight_average_is_the_mean_then_an_exponential_average():
+    """The plain mean of the weights until the horizon, then each update a 1/horizon step towards them;
+    integer buffers copied; updated by the trainer's iterations; its count saved with it."""
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(1, 1, bias=False)
+            self.register_buffer("index", torch.tensor([7]))
+
+    network = Net()
+    average = WeightAverage(network, horizon_steps=4)
+    engine = Engine(lambda e, b: None)
+    engine.network = network
+    average.attach(engine)
+    for value in (1.0, 3.0, 5.0, 7.0, 9.0):
+        network.linear.weight.data.fill_(value)
+        engine.fire_event(Events.ITERATION_COMPLETED)
+        if value == 5.0:
+            assert average.module.linear.weight.item() == pytest.approx(3.0)  # the mean of 1, 3, 5
+    assert average.module.linear.weight.item() == pytest.approx(4.0 + (9.0 - 4.0) / 4)  # after the mean 4
+    assert average.module.index.item() == 7 and average.module.index.dtype == torch.long
+    network.index.fill_(11)
+    average.update(network)
+    assert average.module.index.item() == 11
+    assert not average.module.linear.weight.requires_grad and network.linear.weight.requires_grad
+    state = average.state_dict()
+    assert set(state) == {"module.linear.weight", "module.index", "updates"} and state["updates"] == 6
+    restored = WeightAverage(Net(), horizon_steps=4)
+    restored.load_state_dict(state)
+    assert restored.updates == 6 and restored.module.linear.weight.item() == average.module.linear.weight.item()
+    latest = WeightAverage(network, horizon_steps=0)  # no averaging: the latest weights
+    for value in (2.0, 6.0):
+        network.linear.weight.data.fill_(value)
+        latest.update(network)
+    assert latest.module.linear.weight.item() == 6.0
 
 
 def test_time_budget_ends_training_validated_before_the_budget_passes(monkeypatch):

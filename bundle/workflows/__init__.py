@@ -12,4 +12,5 @@
 """What the workflow configs run besides MONAI's own components: the plan from the data
 (``planning``), checks of the command line's settings (``settings``), one run per folder (``locks``),
 checkpoints that are written atomically and resumed safely (``checkpoints``), ignite handlers
-(``handlers``) and the whole-image / sliding-window inferer (``inferers``)."""
+(``handlers``), the moving average of the weights that validation and ``model.pt`` use
+(``averaging``) and the whole-image / sliding-window inferer (``inferers``)."""

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Sequence
 
 import torch
 from ignite import distributed as idist
@@ -192,6 +192,8 @@ class ResumeCheckpointLoader:
         load_dict: objects to restore (network, optimizer, scheduler, best-model saver); ``None``
             values are left out.
         resume: whether to restore at all.
+        optional: keys of ``load_dict`` a checkpoint may lack (saved by an older version of the bundle);
+            those objects are left as they are, and the log says so.
         load_engine_as: also restore the engine this handler is attached to (the trainer: epoch and
             iteration count) from this key.
         map_location: ``torch.load`` map location.
@@ -205,12 +207,14 @@ class ResumeCheckpointLoader:
         load_path: str | Path,
         load_dict: Mapping[str, Any],
         resume: bool = False,
+        optional: Sequence[str] = (),
         load_engine_as: str | None = "trainer",
         map_location: Any = None,
     ) -> None:
         self.resume = bool(resume)
         self.load_path = Path(load_path)
         self.load_dict = {k: v for k, v in load_dict.items() if v is not None}
+        self.optional = set(optional)
         self.load_engine_as = load_engine_as
         self.map_location = map_location
         if self.resume and not self.load_path.is_file():
@@ -224,6 +228,11 @@ class ResumeCheckpointLoader:
     def _check_checkpoint(self) -> None:
         """A truncated file, or weights of another network, are one line here, not a traceback in ignite."""
         saved = read_checkpoint(self.load_path, "cpu", mmap=True)
+        absent = [k for k in self.optional if k in self.load_dict and k not in saved]
+        for key in absent:
+            del self.load_dict[key]
+            if idist.get_rank() == 0:
+                logger.info("%s holds no %s (an older run's checkpoint): it starts afresh.", self.load_path, key)
         missing = [k for k in self.load_dict if k not in saved]
         if missing:
             raise BundleInputError(

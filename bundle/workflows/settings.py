@@ -123,6 +123,7 @@ def check_training_settings(
     epoch_length: Any = None,
     warmup_fraction: Any = 0.0,
     max_grad_norm: Any = 0.0,
+    ema_fraction: Any = 0.0,
     zoom_range: Any = (1.0, 1.0),
     cache_rate: Any = 1.0,
     num_workers: Any = 0,
@@ -149,6 +150,7 @@ def check_training_settings(
         _number("epoch_length", epoch_length, 1, whole=True)
     _number("warmup_fraction", warmup_fraction, 0.0, 0.99)
     _number("max_grad_norm", max_grad_norm, 0.0)
+    _number("ema_fraction", ema_fraction, 0.0, 1.0)
     if not (
         isinstance(zoom_range, (list, tuple))
         and len(zoom_range) == 2

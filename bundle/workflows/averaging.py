@@ -1,0 +1,76 @@
+# Copyright (c) DS-TransUNet MONAI bundle developers
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""The weights that validation judges and ``models/model.pt`` holds: a moving average of the trained ones.
+
+:class:`WeightAverage` keeps an exponential moving average (EMA) of a network's weights and buffers,
+updated after every training step (the trainer attaches it as a handler). Validation, the best-model
+file and so evaluation, inference and export all use the average; the optimizer keeps training the
+network itself. The average is a plain copy of the network under ``module``, so ``model.pt`` holds
+the same keys as the network.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from ignite.engine import Engine, Events
+
+__all__ = ["WeightAverage"]
+
+
+def _unwrapped(network: torch.nn.Module) -> torch.nn.Module:
+    return network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
+
+
+class WeightAverage(torch.nn.Module):
+    """An exponential moving average of a network's weights and buffers, updated after each training step.
+
+    Until ``horizon_steps`` updates have been made it is the plain mean of all the weights so far, then
+    each update moves it ``1 / horizon_steps`` of the way to the network's current weights (decay
+    ``1 - 1 / horizon_steps``), so the random initial weights do not linger in it. Integer buffers
+    (e.g. Swin's relative position index) are copied, not averaged.
+
+    Args:
+        network: the network being trained (a ``DistributedDataParallel`` wrapper is unwrapped); the
+            average starts as a copy of it, on its device.
+        horizon_steps: the average's time constant in training steps; 1 or less: no averaging, the
+            average is the network's latest weights.
+    """
+
+    def __init__(self, network: torch.nn.Module, horizon_steps: float = 1.0) -> None:
+        super().__init__()
+        self.module = copy.deepcopy(_unwrapped(network)).requires_grad_(False)
+        self.horizon_steps = max(float(horizon_steps), 1.0)
+        # saved with the average, so a resumed run goes on averaging where it stopped
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    @torch.no_grad()
+    def update(self, network: torch.nn.Module) -> None:
+        """Move the average towards ``network``'s current weights and buffers."""
+        self.updates += 1
+        weight = 1.0 / min(float(self.updates), self.horizon_steps)  # 1 at the first update: a copy
+        own = self.module.state_dict()
+        current = _unwrapped(network).state_dict()
+        floats = [k for k, v in own.items() if v.is_floating_point()]
+        if floats:
+            torch._foreach_lerp_([own[k] for k in floats], [current[k] for k in floats], weight)
+        for key, value in own.items():
+            if not value.is_floating_point():
+                value.copy_(current[key])
+
+    def attach(self, engine: Engine) -> None:
+        """Update from the trainer's network after every iteration (MONAI's trainers call ``attach``)."""
+        engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: self.update(e.network))
