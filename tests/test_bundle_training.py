@@ -50,6 +50,7 @@ def test_training_on_demo_data(demo_run):
     root, result = demo_run
     log = result.stdout + result.stderr
     assert "DEMO DATA" in log and "not medicine" in log
+    assert "Validation and model.pt use the latest weights" in log  # 6 steps: a 10% horizon is under one step
     assert epochs_logged(log) == [1, 2]
     assert re.search(r"val_mean_dice: [0-9.]+", log) and re.search(r"val_mean_iou: [0-9.]+", log)
     assert re.search(r"train \[2/2\]: \[\d+/\d+\]", result.stderr)  # the progress bar

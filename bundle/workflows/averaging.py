@@ -21,11 +21,15 @@ the same keys as the network.
 from __future__ import annotations
 
 import copy
+import logging
 
 import torch
+from ignite import distributed as idist
 from ignite.engine import Engine, Events
 
 __all__ = ["WeightAverage"]
+
+logger = logging.getLogger(__name__)
 
 
 def _unwrapped(network: torch.nn.Module) -> torch.nn.Module:
@@ -74,3 +78,11 @@ class WeightAverage(torch.nn.Module):
     def attach(self, engine: Engine) -> None:
         """Update from the trainer's network after every iteration (MONAI's trainers call ``attach``)."""
         engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: self.update(e.network))
+        if idist.get_rank() == 0:
+            if self.horizon_steps > 1:
+                logger.info(
+                    "Validation and model.pt use a moving average of the weights over about %d steps.",
+                    round(self.horizon_steps),
+                )
+            else:
+                logger.info("Validation and model.pt use the latest weights (no weight average).")
