@@ -221,20 +221,18 @@ def test_a_truncated_or_foreign_checkpoint_under_resume_is_one_line(finished_run
     assert "holds another network" in error and "resume with the run's preset" in error
 
 
-def test_a_checkpoint_from_before_the_weight_average_resumes(finished_run, tmp_path):
-    """An older run's checkpoint.pt has no weight_average: resuming restarts the average from its weights."""
+def test_resuming_with_a_weight_average_from_a_checkpoint_without_one(finished_run, tmp_path):
+    """A run without the average (the default, or an older bundle) resumed with --ema_fraction: the average
+    restarts from the resumed weights."""
     import shutil
 
     root = tmp_path / "copy"
     shutil.copytree(finished_run, root)
     checkpoint = root / "models" / "checkpoint.pt"
-    state = torch.load(checkpoint, weights_only=True)
-    done = state["trainer"]["iteration"]
-    del state["weight_average"]
-    torch.save(state, checkpoint)
-    result = run_bundle(train_args(root, "--resume", "true", "--max_epochs", "2"))
+    done = torch.load(checkpoint, weights_only=True)["trainer"]["iteration"]
+    result = run_bundle(train_args(root, "--resume", "true", "--max_epochs", "2", "--ema_fraction", "0.1"))
     log = result.stdout + result.stderr
-    assert f"{checkpoint} holds no weight_average (an older run's checkpoint): it starts afresh." in log
+    assert f"{checkpoint} holds no weight_average (its run had none): it starts afresh." in log
     resumed = torch.load(checkpoint, weights_only=True)
     assert resumed["weight_average"]["updates"] == resumed["trainer"]["iteration"] - done > 0
 

@@ -16,7 +16,7 @@ from monai.networks.nets import BasicUNet
 from PIL import Image
 
 from bundle.errors import BundleInputError
-from bundle.workflows.averaging import WeightAverage
+from bundle.workflows.averaging import WeightAverage, WeightAverageHandler
 from bundle.workflows.handlers import GradientClipHandler, LargestComponentDecision, TimeBudgetHandler
 from bundle.workflows.inferers import SegmentationInferer
 from bundle.workflows.planning import CANDIDATE_SIZES, RecordedPlan, fingerprint, plan_training, read_plan, write_plan
@@ -356,7 +356,7 @@ def test_weight_average_is_the_mean_then_an_exponential_average():
     average = WeightAverage(network, horizon_steps=4)
     engine = Engine(lambda e, b: None)
     engine.network = network
-    average.attach(engine)
+    WeightAverageHandler(average).attach(engine)
     for value in (1.0, 3.0, 5.0, 7.0, 9.0):
         network.linear.weight.data.fill_(value)
         engine.fire_event(Events.ITERATION_COMPLETED)

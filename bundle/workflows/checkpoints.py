@@ -119,6 +119,7 @@ class AtomicCheckpointSaver(CheckpointSaver):
     only replaced by a better one and the logs keep reporting the true best.
 
     Args:
+        save_dict: as MONAI's; ``None`` values (components a config disabled) are left out.
         interval_filename: a fixed file name for the every-N-epochs checkpoint (replaced atomically
             each time), instead of ``checkpoint_epoch=N.pt`` names.
         save_engine_as: also save the engine this handler is attached to (the trainer) under this key.
@@ -134,7 +135,7 @@ class AtomicCheckpointSaver(CheckpointSaver):
         save_engine_as: str | None = None,
         **kwargs: Any,
     ) -> None:
-        save_dict = dict(save_dict)
+        save_dict = {k: v for k, v in save_dict.items() if v is not None}
         super().__init__(save_dir=save_dir, save_dict=save_dict, key_metric_filename=key_metric_filename, **kwargs)
         self.save_engine_as = save_engine_as
         self._engine: Engine | None = None
@@ -192,8 +193,8 @@ class ResumeCheckpointLoader:
         load_dict: objects to restore (network, optimizer, scheduler, best-model saver); ``None``
             values are left out.
         resume: whether to restore at all.
-        optional: keys of ``load_dict`` a checkpoint may lack (saved by an older version of the bundle);
-            those objects are left as they are, and the log says so.
+        optional: keys of ``load_dict`` a checkpoint may lack (saved by a run without them, e.g. the weight
+            average); those objects are left as they are, and the log says so.
         load_engine_as: also restore the engine this handler is attached to (the trainer: epoch and
             iteration count) from this key.
         map_location: ``torch.load`` map location.
@@ -232,7 +233,7 @@ class ResumeCheckpointLoader:
         for key in absent:
             del self.load_dict[key]
             if idist.get_rank() == 0:
-                logger.info("%s holds no %s (an older run's checkpoint): it starts afresh.", self.load_path, key)
+                logger.info("%s holds no %s (its run had none): it starts afresh.", self.load_path, key)
         missing = [k for k in self.load_dict if k not in saved]
         if missing:
             raise BundleInputError(
