@@ -12,5 +12,5 @@
 """What the workflow configs run besides MONAI's own components: the plan from the data
 (``planning``), checks of the command line's settings (``settings``), one run per folder (``locks``),
 checkpoints that are written atomically and resumed safely (``checkpoints``), ignite handlers
-(``handlers``), the moving average of the weights that validation and ``model.pt`` use
+(``handlers``), the optional moving average of the weights for validation and ``model.pt``
 (``averaging``) and the whole-image / sliding-window inferer (``inferers``)."""
