@@ -36,11 +36,11 @@ DEFAULT_DATALIST = os.path.join(REPO, "..", "shared", "data", "kvasir-seg", "dat
 
 # The bundle's settings before the recipe (commit ac54034): native-resolution 64 px crops, 4 crops of
 # 4 images a step, sliding-window validation, no warm-up, no clipping, MONAI's default deep-supervision
-# weights, validation every 2 epochs, the latest weights validated (no average). (The Swin initialisation fix stays: that was a bug, not a setting.)
+# weights, validation every 2 epochs. (The Swin initialisation fix stays: that was a bug, not a setting.)
 OLD_DEFAULT = [
     "--image_size", "null", "--roi_size", "[64, 64]", "--batch_size", "4", "--crops_per_image", "4",
     "--warmup_fraction", "0.0", "--max_grad_norm", "0.0", "--deep_supervision_weights", "[1.0, 0.5, 0.25]",
-    "--val_interval", "2", "--ema_fraction", "0",
+    "--val_interval", "2",
 ]  # fmt: skip
 
 # key: (label, network config, seeds, extra training flags); the order is the running order, most telling first.
