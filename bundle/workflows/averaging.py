@@ -28,13 +28,11 @@ import torch
 from ignite import distributed as idist
 from ignite.engine import Engine, Events
 
+from bundle.workflows.checkpoints import unwrap_ddp
+
 __all__ = ["WeightAverage", "WeightAverageHandler"]
 
 logger = logging.getLogger(__name__)
-
-
-def _unwrapped(network: torch.nn.Module) -> torch.nn.Module:
-    return network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
 
 
 class WeightAverage(torch.nn.Module):
@@ -54,24 +52,36 @@ class WeightAverage(torch.nn.Module):
 
     def __init__(self, network: torch.nn.Module, horizon_steps: float = 1.0) -> None:
         super().__init__()
-        self.module = copy.deepcopy(_unwrapped(network)).requires_grad_(False)
+        self.module = copy.deepcopy(unwrap_ddp(network)).requires_grad_(False)
         self.horizon_steps = max(float(horizon_steps), 1.0)
         # saved with the average, so a resumed run goes on averaging where it stopped
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+        self._pairs: tuple | None = None  # (network id, float pairs, other pairs), made at the first update
+
+    def _tensor_pairs(self, network: torch.nn.Module) -> tuple:
+        """The average's tensors beside the network's, made once: both state dicts' tensors are updated
+        in place (training, ``load_state_dict``), so the lists stay valid for the run."""
+        if self._pairs is None or self._pairs[0] != id(network):
+            own, current = self.module.state_dict(), unwrap_ddp(network).state_dict()
+            floats = [k for k, v in own.items() if v.is_floating_point()]
+            others = [k for k, v in own.items() if not v.is_floating_point()]
+            self._pairs = (
+                id(network),
+                ([own[k] for k in floats], [current[k] for k in floats]),
+                [(own[k], current[k]) for k in others],
+            )
+        return self._pairs[1], self._pairs[2]
 
     @torch.no_grad()
     def update(self, network: torch.nn.Module) -> None:
         """Move the average towards ``network``'s current weights and buffers."""
         self.updates += 1
         weight = 1.0 / min(float(self.updates), self.horizon_steps)  # 1 at the first update: a copy
-        own = self.module.state_dict()
-        current = _unwrapped(network).state_dict()
-        floats = [k for k, v in own.items() if v.is_floating_point()]
-        if floats:
-            torch._foreach_lerp_([own[k] for k in floats], [current[k] for k in floats], weight)
-        for key, value in own.items():
-            if not value.is_floating_point():
-                value.copy_(current[key])
+        (own_floats, current_floats), others = self._tensor_pairs(network)
+        if own_floats:
+            torch._foreach_lerp_(own_floats, current_floats, weight)
+        for own, current in others:
+            own.copy_(current)
 
 
 class WeightAverageHandler:

@@ -46,6 +46,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+def unwrap_ddp(network: torch.nn.Module) -> torch.nn.Module:
+    """The network inside a ``DistributedDataParallel`` wrapper, or ``network`` itself."""
+    return network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
+
+
 class AtomicDiskSaver(DiskSaver):
     """ignite ``DiskSaver`` that writes to a temporary file, fsyncs and renames it into place.
 
@@ -242,8 +247,7 @@ class ResumeCheckpointLoader:
         network = self.load_dict.get("model")
         if network is None:
             return
-        target = network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
-        own = target.state_dict()
+        own = unwrap_ddp(network).state_dict()
         for key, value in saved["model"].items():
             if key not in own or own[key].shape != value.shape:
                 here = f"{tuple(own[key].shape)} in this network" if key in own else "not in this network"
@@ -312,7 +316,7 @@ def load_model_weights(
     path = Path(path)
     if not path.is_file():
         raise BundleInputError(f"no trained model at {path}: train first (configs/train.yaml) or set --model_path.")
-    target = network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
+    target = unwrap_ddp(network)
     built = type(target).__name__
     if trained_as and trained_as != built:
         raise BundleInputError(
