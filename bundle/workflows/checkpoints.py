@@ -41,6 +41,7 @@ __all__ = [
     "ResumeCheckpointLoader",
     "load_model_weights",
     "read_checkpoint",
+    "unwrap_ddp",
 ]
 
 logger = logging.getLogger(__name__)
