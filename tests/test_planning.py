@@ -427,6 +427,66 @@ def test_time_budget_ends_training_validated_before_the_budget_passes(monkeypatc
     assert (engine.state.epoch, clock[0]) == (6, 300.0)
 
 
+def test_time_budget_refits_the_schedule_to_the_measured_pace(monkeypatch, tmp_path):
+    """Where the loop runs slower than planned, the first epoch after a validation refits max_epochs and
+    the learning-rate schedule to the measured pace, so the cosine decay ends inside the budget instead of
+    being cut; the refit is recorded in plan.json. A faster run is not lengthened, a resumed run not refitted,
+    and a schedule without a t_total is refused by name."""
+    from types import SimpleNamespace
+
+    from monai.optimizers import WarmupCosineSchedule
+
+    from bundle.workflows import handlers
+
+    clock = [0.0]
+    monkeypatch.setattr(handlers, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    (tmp_path / "plan.json").write_text(json.dumps({"max_epochs": 20, "val_interval": 2}))
+
+    def run(seconds_per_iteration: float, resume_at: int = 0):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        schedule = WarmupCosineSchedule(optimizer, warmup_steps=4, t_total=40, end_lr=0.01)  # 20 epochs of 2 steps
+        lrs = []
+
+        def step(engine, batch):
+            clock[0] += seconds_per_iteration
+            schedule.step()
+            lrs.append(optimizer.param_groups[0]["lr"])
+
+        engine = Engine(step)
+        budget = TimeBudgetHandler(minutes=10, lr_scheduler=schedule, val_interval=2, output_dir=tmp_path)
+        budget.attach(engine)
+        engine.add_event_handler(  # validations of 20 s every 2 epochs and after the last
+            Events.EPOCH_COMPLETED(event_filter=lambda e, epoch: epoch % 2 == 0 or epoch == e.state.max_epochs),
+            lambda e: clock.__setitem__(0, clock[0] + 20.0),
+        )
+        clock[0] = 0.0
+        if resume_at:
+            engine.load_state_dict({"epoch": resume_at, "max_epochs": 20, "epoch_length": 2})
+            engine.run([0, 1])
+        else:
+            engine.run([0, 1], max_epochs=20)
+        return engine.state.epoch, schedule, lrs, clock[0]
+
+    # epochs of 20 s and validations of 20 s every 2 epochs: 30 s an epoch, where 20 epochs need 600 s with
+    # their 10 validations. After epoch 3 (80 s) 15 more fit 95% of the 600 s with the last validation: 18 epochs
+    epochs, schedule, lrs, seconds = run(10.0)
+    assert (epochs, schedule.t_total, seconds) == (18, 36, 540.0)
+    assert lrs[-1] == pytest.approx(0.01, abs=1e-3)  # the decay ended (cut at step 36 of 40 it would be 0.03)
+    saved = read_plan(tmp_path)
+    assert saved["max_epochs"] == 18 and saved["budget_refit"]["planned_epochs"] == 20
+    assert saved["budget_refit"]["after_epoch"] == 3 and saved["budget_refit"]["seconds_per_epoch"] == 20.0
+    # faster than planned: not lengthened; resumed: not refitted (the budget stop alone ends it in budget)
+    (tmp_path / "plan.json").write_text(json.dumps({"max_epochs": 20}))
+    epochs, schedule, _, _ = run(5.0)
+    assert (epochs, schedule.t_total) == (20, 40)
+    epochs, schedule, _, seconds = run(10.0, resume_at=4)  # the pace that refitted a fresh run above
+    assert (epochs, schedule.t_total, seconds) == (20, 40, 480.0)
+    assert read_plan(tmp_path) == {"max_epochs": 20}
+    with pytest.raises(TypeError, match="t_total.*lr_scheduler: null"):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        TimeBudgetHandler(minutes=1, lr_scheduler=torch.optim.lr_scheduler.StepLR(optimizer, step_size=1))
+
+
 def test_largest_component_beside_or_instead_of_the_prediction():
     pred = torch.zeros(1, 20, 20)
     pred[0, 2:10, 2:10] = 1  # the largest object

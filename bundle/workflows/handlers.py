@@ -14,8 +14,8 @@
 - :class:`PeriodicValidationHandler`: MONAI's ``ValidationHandler`` that also validates after the
   last epoch, so a run whose length is not a multiple of the interval still ends validated (and
   has a best model).
-- :class:`TimeBudgetHandler`: ends training (validated) where the next epoch would pass the time budget
-  the plan fitted the epochs into, on a machine slower than when the plan timed it.
+- :class:`TimeBudgetHandler`: refits the epochs and the learning-rate schedule once to the pace the run
+  measures, and ends training (validated) where the next epoch would pass the time budget.
 - :class:`TerminateOnNanHandler`: ignite's ``TerminateOnNan``.
 - :class:`ProgressBarHandler`: ignite's tqdm ``ProgressBar``.
 - :class:`GradientClipHandler`: clips the gradient norm between backward and the optimizer step.
@@ -75,29 +75,64 @@ class PeriodicValidationHandler(ValidationHandler):
 
 
 class TimeBudgetHandler:
-    """End training after the epoch where going on would pass ``minutes`` of training.
+    """Fit training to ``minutes`` as it runs: refit the schedule to the measured pace once, then end
+    training after the epoch where going on would pass the budget.
 
-    The plan fits ``max_epochs`` into 90% of the budget from steps timed when training starts, but this
-    machine's speed drifts (a Kvasir-SEG run's epochs went from 36 s to 42 s within the hour, nothing else
-    running). Going on after an epoch means its validation (if due), one more epoch, and the validation
-    after that epoch (the last one is always validated): the handler assumes the epoch takes as long as
-    the longer of the last two, and each validation as long as the longest time so far between an epoch's
+    The plan fits ``max_epochs`` into 90% of the budget from one training step timed when training
+    starts, but the loop runs slower than that step (Kvasir-SEG: epochs of 40-41 s against 33 s
+    planned), and the machine's speed drifts (a run's epochs went from 36 s to 42 s within the hour).
+    Ending at the budget alone would cut the learning-rate schedule short (a 2026-12-02 run stopped
+    after epoch 85 of 93). So, with ``lr_scheduler`` given, after the first epoch that follows a
+    validation (both measured) the handler counts the epochs that fit ``fill`` of the budget at the
+    measured pace; where that is fewer than planned, it lowers ``max_epochs`` and the schedule's
+    length (``t_total``; the warm-up keeps its steps), so the decay still ends, and records the refit
+    in the run's ``plan.json``, which a resumed run reads. It never lengthens a run, and it does not
+    refit a resumed one (the budget clock starts again at a resume).
+
+    After every epoch, going on means its validation (if due), one more epoch, and the validation after
+    that epoch (the last one is always validated): the handler assumes the epoch takes as long as the
+    longer of the last two, and each validation as long as the longest time so far between an epoch's
     end and the next one's start. Stopping sets ``max_epochs`` to the current epoch, so the validation
-    after the last epoch still runs (attach this before :class:`PeriodicValidationHandler`); the learning
-    rate is near the end of its cosine decay by then. Under DDP rank 0 decides for all.
+    after the last epoch still runs (attach this before :class:`PeriodicValidationHandler`). Under DDP
+    rank 0 decides for all.
 
     Args:
         minutes: the training time budget (``time_budget_minutes``).
         enabled: false where the epochs were given rather than fitted to the budget.
+        lr_scheduler: the per-iteration schedule to refit, with a ``t_total`` in iterations (MONAI's
+            ``WarmupCosineSchedule``); None: no refit, only the stop.
+        val_interval: the epochs between validations (the plan's).
+        output_dir: the training run's folder, whose ``plan.json`` records a refit; None: not recorded.
+        fill: the share of the budget a refit fits the remaining epochs into (the stop guards the rest).
     """
 
-    def __init__(self, minutes: float, enabled: bool = True) -> None:
+    def __init__(
+        self,
+        minutes: float,
+        enabled: bool = True,
+        lr_scheduler: Any = None,
+        val_interval: int = 1,
+        output_dir: str | Path | None = None,
+        fill: float = 0.95,
+    ) -> None:
+        if lr_scheduler is not None and not hasattr(lr_scheduler, "t_total"):
+            raise TypeError(
+                f"TimeBudgetHandler refits a schedule with a t_total (MONAI's WarmupCosineSchedule), not a "
+                f"{type(lr_scheduler).__name__}; give lr_scheduler: null to only stop at the budget."
+            )
         self.seconds = float(minutes) * 60.0
         self.enabled = enabled
+        self.lr_scheduler, self.val_interval, self.fill = lr_scheduler, max(1, int(val_interval)), float(fill)
+        self.output_dir = output_dir
         self._start = self._epoch_start = 0.0
         self._epoch_end: float | None = None
         self._trained: list = []  # seconds of each epoch's iterations
-        self._between = 0.0  # the longest time from an epoch's end to the next one's start: its validation
+        self._gaps: list = []  # seconds from each epoch's end to the next one's start (validations are the long ones)
+        self._refit_due = False
+
+    @property
+    def _between(self) -> float:  # the longest gap so far: an epoch's validation
+        return max(self._gaps, default=0.0)
 
     def attach(self, engine: Engine) -> None:
         if not self.enabled:
@@ -108,33 +143,86 @@ class TimeBudgetHandler:
 
     def _started(self, engine: Engine) -> None:
         self._start = time.perf_counter()
-        self._epoch_end, self._trained, self._between = None, [], 0.0
+        self._epoch_end, self._trained, self._gaps = None, [], []
+        self._refit_due = self.lr_scheduler is not None and engine.state.epoch == 0  # not on a resume
 
     def _epoch_started(self, engine: Engine) -> None:
         self._epoch_start = time.perf_counter()
         if self._epoch_end is not None:
-            self._between = max(self._between, self._epoch_start - self._epoch_end)
+            self._gaps.append(self._epoch_start - self._epoch_end)
 
     def __call__(self, engine: Engine) -> None:
-        dist = torch.distributed
         now = self._epoch_end = time.perf_counter()
         self._trained.append(now - self._epoch_start)
         if engine.state.epoch >= engine.state.max_epochs:
             return
+        if self._refit_due and len(self._gaps) >= self.val_interval:  # a validation has run and been measured
+            self._refit_due = False
+            self._refit(engine, now)
         going_on = 2 * self._between + max(self._trained[-2:])
-        stop = torch.tensor(float(now - self._start + going_on > self.seconds))
-        if dist.is_available() and dist.is_initialized():
-            if dist.get_backend() == "nccl":
-                stop = stop.cuda()
-            dist.broadcast(stop, src=0)
-        if stop.item():
+        if _decided_by_rank_0(float(now - self._start + going_on > self.seconds)):
             logger.warning(
-                "Time budget: %.1f of %.0f minutes used after epoch %d of %d; another epoch and its validation "
+                "Time budget: %.1f of %.1f minutes used after epoch %d of %d; another epoch and its validation "
                 "would take up to %.0f s: training ends here (this machine runs slower than when the plan timed it).",
                 (now - self._start) / 60.0, self.seconds / 60.0, engine.state.epoch, engine.state.max_epochs,
                 going_on,
             )  # fmt: skip
             engine.state.max_epochs = engine.state.epoch
+
+    def _refit(self, engine: Engine, now: float) -> None:
+        """Lower ``max_epochs`` and the schedule's length to what fits ``fill`` of the budget at the pace
+        measured so far (a first epoch, which warms up, counts only when it is the only one)."""
+        epoch, planned = engine.state.epoch, engine.state.max_epochs
+        trained = self._trained[1:] or self._trained
+        idle = min(self._gaps)  # between two epochs without a validation (checkpoint, logging)
+        validation = self._between
+        per_epoch = sum(trained) / len(trained) + idle + (validation - idle) / self.val_interval
+        left = self.fill * self.seconds - (now - self._start) - validation  # the last epoch is validated
+        fitted = epoch + int(left // per_epoch)
+        epochs = int(_decided_by_rank_0(float(fitted if epoch < fitted < planned else 0)))
+        if not epochs:
+            return
+        steps_per_epoch = engine.state.epoch_length
+        self.lr_scheduler.t_total = epochs * steps_per_epoch
+        self.lr_scheduler.warmup_steps = min(self.lr_scheduler.warmup_steps, self.lr_scheduler.t_total)
+        engine.state.max_epochs = epochs
+        logger.warning(
+            "Time budget: epochs take %.1f s and validations %.1f s here, not the planned pace; %d epochs of %d fit "
+            "%.0f%% of the %.1f minutes: max_epochs and the learning-rate schedule now end at epoch %d.",
+            per_epoch - idle - (validation - idle) / self.val_interval, validation, epochs, planned,
+            100 * self.fill, self.seconds / 60.0, epochs,
+        )  # fmt: skip
+        if self.output_dir is not None and _is_main_process():
+            from bundle.workflows.planning import update_plan
+
+            update_plan(
+                self.output_dir,
+                max_epochs=epochs,
+                budget_refit={
+                    "after_epoch": epoch,
+                    "planned_epochs": planned,
+                    "seconds_per_epoch": round(sum(trained) / len(trained), 2),
+                    "seconds_per_validation": round(validation, 2),
+                    "epochs": epochs,
+                },
+            )
+
+
+def _is_main_process() -> bool:
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def _decided_by_rank_0(value: float) -> float:
+    """``value`` as rank 0 has it, on every process of a distributed run (timings differ between processes)."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    box = torch.tensor(value, dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        box = box.cuda()
+    dist.broadcast(box, src=0)
+    return float(box.item())
 
 
 class TerminateOnNanHandler:
