@@ -144,11 +144,12 @@ class TimeBudgetHandler:
     def _started(self, engine: Engine) -> None:
         self._start = time.perf_counter()
         self._epoch_end, self._trained, self._gaps = None, [], []
-        self._refit_due = self.lr_scheduler is not None and engine.state.epoch == 0  # not on a resume
 
     def _epoch_started(self, engine: Engine) -> None:
         self._epoch_start = time.perf_counter()
-        if self._epoch_end is not None:
+        if self._epoch_end is None:  # this run's first epoch: the first of the training, or not (a resume)
+            self._refit_due = self.lr_scheduler is not None and engine.state.epoch == 1
+        else:
             self._gaps.append(self._epoch_start - self._epoch_end)
 
     def __call__(self, engine: Engine) -> None:
@@ -174,9 +175,10 @@ class TimeBudgetHandler:
         measured so far (a first epoch, which warms up, counts only when it is the only one)."""
         epoch, planned = engine.state.epoch, engine.state.max_epochs
         trained = self._trained[1:] or self._trained
+        training = sum(trained) / len(trained)
         idle = min(self._gaps)  # between two epochs without a validation (checkpoint, logging)
         validation = self._between
-        per_epoch = sum(trained) / len(trained) + idle + (validation - idle) / self.val_interval
+        per_epoch = training + idle + (validation - idle) / self.val_interval
         left = self.fill * self.seconds - (now - self._start) - validation  # the last epoch is validated
         fitted = epoch + int(left // per_epoch)
         epochs = int(_decided_by_rank_0(float(fitted if epoch < fitted < planned else 0)))
@@ -189,7 +191,7 @@ class TimeBudgetHandler:
         logger.warning(
             "Time budget: epochs take %.1f s and validations %.1f s here, not the planned pace; %d epochs of %d fit "
             "%.0f%% of the %.1f minutes: max_epochs and the learning-rate schedule now end at epoch %d.",
-            per_epoch - idle - (validation - idle) / self.val_interval, validation, epochs, planned,
+            training, validation, epochs, planned,
             100 * self.fill, self.seconds / 60.0, epochs,
         )  # fmt: skip
         if self.output_dir is not None and _is_main_process():
@@ -201,7 +203,7 @@ class TimeBudgetHandler:
                 budget_refit={
                     "after_epoch": epoch,
                     "planned_epochs": planned,
-                    "seconds_per_epoch": round(sum(trained) / len(trained), 2),
+                    "seconds_per_epoch": round(training, 2),
                     "seconds_per_validation": round(validation, 2),
                     "epochs": epochs,
                 },
