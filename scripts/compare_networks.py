@@ -188,9 +188,10 @@ def write_figures(results: List[Dict[str, Any]], output: str, grid_images: int) 
     plt.close(fig)
 
 
-def write_table(results: List[Dict[str, Any]], output: str, command: str, minutes: float) -> str:
+def write_table(results: List[Dict[str, Any]], output: str, command: str, minutes: float | None) -> str:
+    """The results table (also written to ``output/results_table.md``); ``minutes`` None: rebuilt, nothing run."""
     lines = [
-        "| network | seed | params (M) | plan (size, batch, epochs) | test Dice | test IoU | test HD95 (px) "
+        "| network | seed | params (M) | plan (size, batch, epochs trained of planned) | test Dice | test IoU | test HD95 (px) "
         "| best val Dice | largest component | train min | test s / image |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -200,14 +201,17 @@ def write_table(results: List[Dict[str, Any]], output: str, command: str, minute
             if r["image_size"]
             else f"{r['roi_size'][0]} px patches x{r['crops_per_image']}"
         )
+        # the last epoch is always validated, so the history's last epoch is the last one trained (the budget may cut)
+        trained = r["history"][-1]["epoch"] if r["history"] else r["max_epochs"]
         lines.append(
-            f"| {r['network']} | {r['seed']} | {r['params_m']:.2f} | {size}, {r['batch_size']}, {r['max_epochs']} "
+            f"| {r['network']} | {r['seed']} | {r['params_m']:.2f} | {size}, {r['batch_size']}, {trained} of {r['max_epochs']} "
             f"| {r['test_dice']:.4f} | {r['test_iou']:.4f} | {r['test_hd95']:.1f} | {r['best_val_dice']:.4f} "
             f"| {'kept' if r['keep_largest'] else 'not kept'} | {r['train_minutes']:.1f} | {r['test_seconds_per_image']:.2f} |"
         )  # fmt: skip
     table = "\n".join(lines)
     with open(os.path.join(output, "results_table.md"), "w") as f:
-        f.write(f"Made by `{command}` ({minutes:.0f} minutes in all).\n\n{table}\n")
+        made = "rebuilt from the finished rows" if minutes is None else f"{minutes:.0f} minutes in all"
+        f.write(f"Made by `{command}` ({made}).\n\n{table}\n")
     return table
 
 
@@ -256,7 +260,8 @@ def main(argv: List[str] | None = None) -> None:
         json.dump({"budget_minutes": args.budget_minutes, "results": results}, f, indent=2)
     command = "python scripts/compare_networks.py " + " ".join(argv if argv is not None else sys.argv[1:])
     write_figures(results, args.output, args.grid_images)
-    print(write_table(results, args.output, command.strip(), (time.perf_counter() - start) / 60))
+    minutes = None if args.report_only else (time.perf_counter() - start) / 60
+    print(write_table(results, args.output, command.strip(), minutes))
     if any(math.isnan(r["test_hd95"]) for r in results):
         print("note: HD95 is NaN where every prediction or mask was empty")
 

@@ -104,6 +104,11 @@ def test_comparison_script_runs_on_kvasir(kvasir_dir, tmp_path):
     )
     row = json.loads((tmp_path / "work" / "unet_tif_seed0" / "result.json").read_text())
     assert 0.0 <= row["test_dice"] <= 1.0 and row["image_size"] and len(row["test_overlays"]) == 2
+    trained = row["history"][-1]["epoch"]  # the last epoch is always validated
+    assert f", {trained} of {row['max_epochs']} |" in table and "minutes in all" in table
+    rebuilt = subprocess.run(cmd + ["--report-only"], capture_output=True, text=True, timeout=600)
+    assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
+    assert "rebuilt from the finished rows" in (tmp_path / "out" / "results_table.md").read_text()
 
 
 def test_comparison_script_names_a_missing_datalist(tmp_path):
