@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar, TerminateOnNan
@@ -194,7 +195,7 @@ class TimeBudgetHandler:
             training, validation, epochs, planned,
             100 * self.fill, self.seconds / 60.0, epochs,
         )  # fmt: skip
-        if self.output_dir is not None and _is_main_process():
+        if self.output_dir is not None and idist.get_rank() == 0:
             from bundle.workflows.planning import update_plan
 
             update_plan(
@@ -208,11 +209,6 @@ class TimeBudgetHandler:
                     "epochs": epochs,
                 },
             )
-
-
-def _is_main_process() -> bool:
-    dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def _decided_by_rank_0(value: float) -> float:
