@@ -6,6 +6,7 @@ import torch
 from monai.losses import DeepSupervisionLoss, DiceCELoss
 
 from bundle.networks import DSTransUNet, convert_authors_state_dict
+from bundle.networks.nets.ds_transunet import PRESETS
 
 
 def _zero_drop_path(**kwargs):
@@ -159,6 +160,18 @@ def test_presets_and_overrides():
         DSTransUNet(preset="huge")
     with pytest.raises(ValueError, match="fusion"):
         DSTransUNet(preset="tiny", fusion="add")
+
+
+def test_stem_channels_widen_the_full_resolution_path():
+    default, wide = DSTransUNet(preset="tiny"), DSTransUNet(preset="tiny", stem_channels=32).eval()
+    assert default.stem_full.out_channels == 8  # tiny's embed_dim // 4
+    assert PRESETS["base"]["embed_dim"] // 4 == 32  # the default at base: the authors' down1, 32 channels
+    assert wide.stem_full.out_channels == 32 and wide.stem_half[-1].out_channels == 64
+    assert wide.head.in_channels == 32
+    with torch.no_grad():
+        assert wide(torch.rand(1, 3, 64, 96)).shape == (1, 1, 64, 96)
+    with pytest.raises(ValueError, match="stem_channels"):
+        DSTransUNet(preset="tiny", stem_channels=0)
 
 
 def test_3d_volumes():

@@ -206,6 +206,9 @@ class DSTransUNet(nn.Module):
         tif_args: other :class:`TIF` arguments (``coarse_heads``, ``coarse_head_dim``, ``coarse_mlp_dim``,
             ``fine_heads``, ``fine_head_dim``, ``fine_mlp_dim``, ``dropout``); the seed's values by default.
         norm_groups: GroupNorm groups in conv blocks (reduced to a divisor of the channels).
+        stem_channels: channels of the CNN stem and the last decoder stage at full resolution (twice as
+            many at half resolution); default ``embed_dim // 4``, the authors' 32 at ``base``. The only
+            path at full resolution, so thin structures (vessels) may want more than ``tiny``'s 8.
         deep_supervision: in training mode, also return the two auxiliary logits (from the deepest
             skip and from the H/4 decoder stage, upsampled to the input size), as
             ``[main, aux_deep, aux_quarter]`` for ``monai.losses.DeepSupervisionLoss``.
@@ -252,6 +255,7 @@ class DSTransUNet(nn.Module):
         tif_depth: int = 1,
         tif_args: Mapping[str, Any] | None = None,
         norm_groups: int = 32,
+        stem_channels: int | None = None,
         deep_supervision: bool = False,
         aux_relu: bool = False,
         use_checkpoint: bool = False,
@@ -371,15 +375,18 @@ class DSTransUNet(nn.Module):
                 stage = ConvDecoderStage(spatial_dims, c, c // 2, c // 2, norm_groups)
             self.decoder.append(stage)
         # a small CNN stem on the raw image gives the skips at full and half resolution
-        self.stem_full = _conv(spatial_dims, in_channels, dim // 4, 1, relu=False)
+        stem = dim // 4 if stem_channels is None else int(stem_channels)
+        if stem < 1:
+            raise ValueError(f"DSTransUNet stem_channels must be a positive number of channels, got {stem_channels}.")
+        self.stem_full = _conv(spatial_dims, in_channels, stem, 1, relu=False)
         self.stem_half = nn.Sequential(
             Pool[Pool.MAX, spatial_dims](kernel_size=2, stride=2),
-            _conv(spatial_dims, dim // 4, dim // 2, 3, norm_groups),
-            _conv(spatial_dims, dim // 2, dim // 2, 3, norm_groups),
+            _conv(spatial_dims, stem, 2 * stem, 3, norm_groups),
+            _conv(spatial_dims, 2 * stem, 2 * stem, 3, norm_groups),
         )
-        self.decoder.append(ConvDecoderStage(spatial_dims, dim, dim // 2, dim // 2, norm_groups))
-        self.decoder.append(ConvDecoderStage(spatial_dims, dim // 2, dim // 4, dim // 4, norm_groups))
-        self.head = _conv(spatial_dims, dim // 4, out_channels, 1, relu=False)
+        self.decoder.append(ConvDecoderStage(spatial_dims, dim, 2 * stem, 2 * stem, norm_groups))
+        self.decoder.append(ConvDecoderStage(spatial_dims, 2 * stem, stem, stem, norm_groups))
+        self.head = _conv(spatial_dims, stem, out_channels, 1, relu=False)
         self.aux_heads = nn.ModuleList(
             [_conv(spatial_dims, c, out_channels, 1, relu=aux_relu) for c in (channels[-1], channels[0])]
             if deep_supervision
