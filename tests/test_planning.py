@@ -428,10 +428,11 @@ def test_time_budget_ends_training_validated_before_the_budget_passes(monkeypatc
 
 
 def test_time_budget_refits_the_schedule_to_the_measured_pace(monkeypatch, tmp_path):
-    """Where the loop runs slower than planned, the first epoch after a validation refits max_epochs and
-    the learning-rate schedule to the measured pace, so the cosine decay ends inside the budget instead of
-    being cut; the refit is recorded in plan.json. A faster run is not lengthened, a resumed run not refitted,
-    and a schedule without a t_total is refused by name."""
+    """Where the loop runs slower than planned, the epochs after validations refit max_epochs and the
+    learning-rate schedule to the measured pace, so the cosine decay ends inside the budget instead of
+    being cut; the refit is recorded in plan.json. A faster run, or one whose first epochs were slow, is
+    lengthened to what the budget holds; a resumed run is not refitted; a schedule without a t_total is
+    refused by name."""
     from types import SimpleNamespace
 
     from monai.optimizers import WarmupCosineSchedule
@@ -442,13 +443,13 @@ def test_time_budget_refits_the_schedule_to_the_measured_pace(monkeypatch, tmp_p
     monkeypatch.setattr(handlers, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
     (tmp_path / "plan.json").write_text(json.dumps({"max_epochs": 20, "val_interval": 2}))
 
-    def run(seconds_per_iteration: float, resume_at: int = 0):
+    def run(seconds_per_iteration: float, resume_at: int = 0, slow_epochs: int = 0):
         optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
         schedule = WarmupCosineSchedule(optimizer, warmup_steps=4, t_total=40, end_lr=0.01)  # 20 epochs of 2 steps
         lrs = []
 
         def step(engine, batch):
-            clock[0] += seconds_per_iteration
+            clock[0] += seconds_per_iteration * (2.0 if engine.state.epoch <= slow_epochs else 1.0)
             schedule.step()
             lrs.append(optimizer.param_groups[0]["lr"])
 
@@ -475,10 +476,19 @@ def test_time_budget_refits_the_schedule_to_the_measured_pace(monkeypatch, tmp_p
     saved = read_plan(tmp_path)
     assert saved["max_epochs"] == 18 and saved["budget_refit"]["planned_epochs"] == 20
     assert saved["budget_refit"]["after_epoch"] == 3 and saved["budget_refit"]["seconds_per_epoch"] == 20.0
-    # faster than planned: not lengthened; resumed: not refitted (the budget stop alone ends it in budget)
+    # twice as fast: 10 s epochs, 20 s an epoch with validation; after epoch 3 (50 s), 25 more fit; the
+    # later refits find the same; 28 epochs and 14 validations end at 560 s
     (tmp_path / "plan.json").write_text(json.dumps({"max_epochs": 20}))
-    epochs, schedule, _, _ = run(5.0)
-    assert (epochs, schedule.t_total) == (20, 40)
+    epochs, schedule, lrs, seconds = run(5.0)
+    assert (epochs, schedule.t_total, seconds) == (28, 56, 560.0)
+    assert lrs[-1] == pytest.approx(0.01, abs=1e-3) and read_plan(tmp_path)["max_epochs"] == 28
+    # epochs 1-5 at 20 s, then 10 s: shortened to 18 after epoch 3, lengthened as the pace recovers; the
+    # run ends in the budget with its decay ended
+    epochs, schedule, lrs, seconds = run(5.0, slow_epochs=5)
+    assert 20 < epochs < 28 and schedule.t_total == 2 * epochs and seconds <= 600.0
+    assert lrs[-1] == pytest.approx(0.01, abs=1e-3) and read_plan(tmp_path)["budget_refit"]["after_epoch"] > 3
+    # resumed: not refitted (the budget stop alone ends it in budget)
+    (tmp_path / "plan.json").write_text(json.dumps({"max_epochs": 20}))
     epochs, schedule, _, seconds = run(10.0, resume_at=4)  # the pace that refitted a fresh run above
     assert (epochs, schedule.t_total, seconds) == (20, 40, 480.0)
     assert read_plan(tmp_path) == {"max_epochs": 20}

@@ -14,7 +14,7 @@
 - :class:`PeriodicValidationHandler`: MONAI's ``ValidationHandler`` that also validates after the
   last epoch, so a run whose length is not a multiple of the interval still ends validated (and
   has a best model).
-- :class:`TimeBudgetHandler`: refits the epochs and the learning-rate schedule once to the pace the run
+- :class:`TimeBudgetHandler`: refits the epochs and the learning-rate schedule to the pace the run
   measures, and ends training (validated) where the next epoch would pass the time budget.
 - :class:`TerminateOnNanHandler`: ignite's ``TerminateOnNan``.
 - :class:`ProgressBarHandler`: ignite's tqdm ``ProgressBar``.
@@ -76,19 +76,21 @@ class PeriodicValidationHandler(ValidationHandler):
 
 
 class TimeBudgetHandler:
-    """Fit training to ``minutes`` as it runs: refit the schedule to the measured pace once, then end
-    training after the epoch where going on would pass the budget.
+    """Fit training to ``minutes`` as it runs: refit the schedule to the measured pace after each
+    validation, then end training after the epoch where going on would pass the budget.
 
     The plan fits ``max_epochs`` into 90% of the budget from one training step timed when training
-    starts, but the loop runs slower than that step (Kvasir-SEG: epochs of 40-41 s against 33 s
-    planned), and the machine's speed drifts (a run's epochs went from 36 s to 42 s within the hour).
+    starts, but the loop's pace differs from that step and drifts (Kvasir-SEG: epochs of 40-41 s
+    against 33 s planned on one day; on another, epochs 2-5 took 36-42 s and the later ones 31-33 s).
     Ending at the budget alone would cut the learning-rate schedule short (a 2026-12-02 run stopped
-    after epoch 85 of 93). So, with ``lr_scheduler`` given, after the first epoch that follows a
-    validation (both measured) the handler counts the epochs that fit ``fill`` of the budget at the
-    measured pace; where that is fewer than planned, it lowers ``max_epochs`` and the schedule's
-    length (``t_total``; the warm-up keeps its steps), so the decay still ends, and records the refit
-    in the run's ``plan.json``, which a resumed run reads. It never lengthens a run, and it does not
-    refit a resumed one (the budget clock starts again at a resume).
+    after epoch 85 of 93), and a single refit from the first epochs would fix a passing slowness
+    into the whole run. So, with ``lr_scheduler`` given, after every epoch that follows a validation
+    the handler counts the epochs that fit ``fill`` of the budget at the pace measured so far (all
+    epochs but the first, which warms up); where that is fewer than ``max_epochs``, or at least two
+    more, it sets ``max_epochs`` and the schedule's length (``t_total``; the warm-up keeps its steps)
+    to it, so the decay ends inside the budget, and records the refit in the run's ``plan.json``,
+    which a resumed run reads. It does not refit a resumed run (the budget clock starts again at a
+    resume).
 
     After every epoch, going on means its validation (if due), one more epoch, and the validation after
     that epoch (the last one is always validated): the handler assumes the epoch takes as long as the
@@ -129,7 +131,8 @@ class TimeBudgetHandler:
         self._epoch_end: float | None = None
         self._trained: list = []  # seconds of each epoch's iterations
         self._gaps: list = []  # seconds from each epoch's end to the next one's start (validations are the long ones)
-        self._refit_due = False
+        self._refits = False  # a fresh run with a schedule to refit
+        self._planned = 0
 
     @property
     def _between(self) -> float:  # the longest gap so far: an epoch's validation
@@ -149,7 +152,8 @@ class TimeBudgetHandler:
     def _epoch_started(self, engine: Engine) -> None:
         self._epoch_start = time.perf_counter()
         if self._epoch_end is None:  # this run's first epoch: the first of the training, or not (a resume)
-            self._refit_due = self.lr_scheduler is not None and engine.state.epoch == 1
+            self._refits = self.lr_scheduler is not None and engine.state.epoch == 1
+            self._planned = engine.state.max_epochs
         else:
             self._gaps.append(self._epoch_start - self._epoch_end)
 
@@ -158,9 +162,9 @@ class TimeBudgetHandler:
         self._trained.append(now - self._epoch_start)
         if engine.state.epoch >= engine.state.max_epochs:
             return
-        if self._refit_due and len(self._gaps) >= self.val_interval:  # a validation has run and been measured
-            self._refit_due = False
-            self._refit(engine, now)
+        epoch = engine.state.epoch
+        if self._refits and epoch > self.val_interval and (epoch - 1) % self.val_interval == 0:
+            self._refit(engine, now)  # a validation has just run and been measured
         going_on = 2 * self._between + max(self._trained[-2:])
         if _decided_by_rank_0(float(now - self._start + going_on > self.seconds)):
             logger.warning(
@@ -172,9 +176,10 @@ class TimeBudgetHandler:
             engine.state.max_epochs = engine.state.epoch
 
     def _refit(self, engine: Engine, now: float) -> None:
-        """Lower ``max_epochs`` and the schedule's length to what fits ``fill`` of the budget at the pace
-        measured so far (a first epoch, which warms up, counts only when it is the only one)."""
-        epoch, planned = engine.state.epoch, engine.state.max_epochs
+        """Set ``max_epochs`` and the schedule's length to what fits ``fill`` of the budget at the pace
+        measured so far (a first epoch, which warms up, counts only when it is the only one): shorter
+        whenever fewer fit, longer only by two epochs or more (the pace jitters)."""
+        epoch, current = engine.state.epoch, engine.state.max_epochs
         trained = self._trained[1:] or self._trained
         training = sum(trained) / len(trained)
         idle = min(self._gaps)  # between two epochs without a validation (checkpoint, logging)
@@ -182,7 +187,8 @@ class TimeBudgetHandler:
         per_epoch = training + idle + (validation - idle) / self.val_interval
         left = self.fill * self.seconds - (now - self._start) - validation  # the last epoch is validated
         fitted = epoch + int(left // per_epoch)
-        epochs = int(_decided_by_rank_0(float(fitted if epoch < fitted < planned else 0)))
+        refit = epoch < fitted and (fitted < current or fitted >= current + 2)
+        epochs = int(_decided_by_rank_0(float(fitted if refit else 0)))
         if not epochs:
             return
         steps_per_epoch = engine.state.epoch_length
@@ -190,10 +196,9 @@ class TimeBudgetHandler:
         self.lr_scheduler.warmup_steps = min(self.lr_scheduler.warmup_steps, self.lr_scheduler.t_total)
         engine.state.max_epochs = epochs
         logger.warning(
-            "Time budget: epochs take %.1f s and validations %.1f s here, not the planned pace; %d epochs of %d fit "
-            "%.0f%% of the %.1f minutes: max_epochs and the learning-rate schedule now end at epoch %d.",
-            training, validation, epochs, planned,
-            100 * self.fill, self.seconds / 60.0, epochs,
+            "Time budget: after epoch %d, epochs take %.1f s and validations %.1f s; %d epochs fit %.0f%% of the "
+            "%.1f minutes (planned %d, until now %d): max_epochs and the learning-rate schedule now end at epoch %d.",
+            epoch, training, validation, epochs, 100 * self.fill, self.seconds / 60.0, self._planned, current, epochs,
         )  # fmt: skip
         if self.output_dir is not None and idist.get_rank() == 0:
             from bundle.workflows.planning import update_plan
@@ -203,7 +208,7 @@ class TimeBudgetHandler:
                 max_epochs=epochs,
                 budget_refit={
                     "after_epoch": epoch,
-                    "planned_epochs": planned,
+                    "planned_epochs": self._planned,
                     "seconds_per_epoch": round(training, 2),
                     "seconds_per_validation": round(validation, 2),
                     "epochs": epochs,
