@@ -148,6 +148,10 @@ BAD_SETTINGS = [
         ["--train#dataloader#num_worker", "2"],
         "--train#dataloader#num_worker is not a setting of configs/train.yaml; did you mean --train#dataloader#num_workers?",
     ),
+    (
+        ["--network_def#stem_channel", "32"],  # the network's arguments count as settings, so the hint names one
+        "--network_def#stem_channel is not a setting of configs/train.yaml; did you mean --network_def#stem_channels?",
+    ),
     (["--batch_size", "0"], "--batch_size 0: give auto or a whole number of at least 1."),
     (["--learning_rate", "abc"], "--learning_rate 'abc': give a number above 0."),
     (["--preset", "huge"], "--preset 'huge': give one of base, small, tiny."),

@@ -58,6 +58,36 @@ def _config_ids(node: Any, prefix: str = "") -> Iterator[str]:
         yield from _config_ids(value, name)
 
 
+def _constructor_ids(node: Any, prefix: str = "") -> Iterator[str]:
+    """``id#argument`` for every argument of each ``_target_``'s constructor: a setting the config leaves
+    at its default (``--network_def#stem_channels 32``) is still a setting."""
+    import inspect
+
+    from monai.bundle.config_item import ComponentLocator
+    from monai.utils import optional_import
+
+    if isinstance(node, dict):
+        target = node.get("_target_")
+        if isinstance(target, str) and not target.startswith(("$", "@")):
+            module = ComponentLocator().get_component_module_name(target)
+            if isinstance(module, str):
+                target = f"{module}.{target}"
+            component, found = optional_import(target.rsplit(".", 1)[0], name=target.rsplit(".", 1)[-1])
+            try:
+                parameters = inspect.signature(component).parameters if found else {}
+            except (TypeError, ValueError):
+                parameters = {}
+            yield from (f"{prefix}#{p}" if prefix else p for p in parameters if p not in ("self", "args", "kwargs"))
+        items = node.items()
+    elif isinstance(node, list):
+        items = ((str(i), v) for i, v in enumerate(node))
+    else:
+        return
+    for key, value in items:
+        if not str(key).startswith("_"):
+            yield from _constructor_ids(value, f"{prefix}#{key}" if prefix else str(key))
+
+
 def _is_bundle_cli(argv: Sequence[str]) -> bool:
     first = argv[0].replace("\\", "/") if argv else ""
     return first.endswith("monai/bundle/__main__.py") or first == "monai.bundle"
@@ -78,10 +108,13 @@ def check_command_line_ids(argv: Sequence[str] | None = None) -> bool:
         return True  # MONAI reports unreadable config files itself
     known = set(_config_ids(config)) | _tracking_ids(argv)
     given = [a[2:].split("=", 1)[0] for a in argv[1:] if a.startswith("--") and len(a) > 2]
+    arguments: set = set()
+    if any(name not in known and name not in MONAI_RUN_ARGUMENTS for name in given):
+        arguments = set(_constructor_ids(config))  # imports the targets: only where a name is not an id
     for name in given:
-        if name in known or name in MONAI_RUN_ARGUMENTS or name.replace("::", "#") in known:
+        if name in known or name in arguments or name in MONAI_RUN_ARGUMENTS or name.replace("::", "#") in known:
             continue
-        near = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+        near = difflib.get_close_matches(name, sorted(known | arguments), n=1, cutoff=0.6)
         hint = f"; did you mean --{near[0]}?" if near else ""
         raise BundleInputError(f"--{name} is not a setting of {files}{hint}")
     return True
