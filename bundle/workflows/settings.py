@@ -43,7 +43,8 @@ MONAI_RUN_ARGUMENTS = {
 }
 
 
-def _config_ids(node: Any, prefix: str = "") -> Iterator[str]:
+def _children(node: Any, prefix: str) -> Iterator[tuple]:
+    """``(id, value)`` of a config node's entries (``_target_`` and other reserved keys left out)."""
     if isinstance(node, dict):
         items = node.items()
     elif isinstance(node, list):
@@ -51,9 +52,12 @@ def _config_ids(node: Any, prefix: str = "") -> Iterator[str]:
     else:
         return
     for key, value in items:
-        if str(key).startswith("_"):
-            continue
-        name = f"{prefix}#{key}" if prefix else str(key)
+        if not str(key).startswith("_"):
+            yield (f"{prefix}#{key}" if prefix else str(key)), value
+
+
+def _config_ids(node: Any, prefix: str = "") -> Iterator[str]:
+    for name, value in _children(node, prefix):
         yield name
         yield from _config_ids(value, name)
 
@@ -66,26 +70,19 @@ def _constructor_ids(node: Any, prefix: str = "") -> Iterator[str]:
     from monai.bundle.config_item import ComponentLocator
     from monai.utils import optional_import
 
-    if isinstance(node, dict):
-        target = node.get("_target_")
-        if isinstance(target, str) and not target.startswith(("$", "@")):
-            module = ComponentLocator().get_component_module_name(target)
-            if isinstance(module, str):
-                target = f"{module}.{target}"
-            component, found = optional_import(target.rsplit(".", 1)[0], name=target.rsplit(".", 1)[-1])
-            try:
-                parameters = inspect.signature(component).parameters if found else {}
-            except (TypeError, ValueError):
-                parameters = {}
-            yield from (f"{prefix}#{p}" if prefix else p for p in parameters if p not in ("self", "args", "kwargs"))
-        items = node.items()
-    elif isinstance(node, list):
-        items = ((str(i), v) for i, v in enumerate(node))
-    else:
-        return
-    for key, value in items:
-        if not str(key).startswith("_"):
-            yield from _constructor_ids(value, f"{prefix}#{key}" if prefix else str(key))
+    target = node.get("_target_") if isinstance(node, dict) else None
+    if isinstance(target, str) and not target.startswith(("$", "@")):
+        module = ComponentLocator().get_component_module_name(target)
+        if isinstance(module, str):
+            target = f"{module}.{target}"
+        component, found = optional_import(target.rsplit(".", 1)[0], name=target.rsplit(".", 1)[-1])
+        try:
+            parameters = inspect.signature(component).parameters if found else {}
+        except (TypeError, ValueError):
+            parameters = {}
+        yield from (f"{prefix}#{p}" if prefix else p for p in parameters if p not in ("self", "args", "kwargs"))
+    for name, value in _children(node, prefix):
+        yield from _constructor_ids(value, name)
 
 
 def _is_bundle_cli(argv: Sequence[str]) -> bool:
