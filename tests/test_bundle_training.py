@@ -336,6 +336,9 @@ def test_model_weights_that_do_not_fit_are_one_clear_error(tmp_path):
     load_model_weights(DSTransUNet(preset="tiny", out_channels=1), tmp_path / "model.pt")
     with pytest.raises(BundleInputError, match="does not fit this network.*--out_channels"):
         load_model_weights(DSTransUNet(preset="tiny", out_channels=2), tmp_path / "model.pt")
+    # the same preset and channels, another window: the message names the tensor and the other setting
+    with pytest.raises(BundleInputError, match=r"size mismatch for .*relative_position.*as this network: another"):
+        load_model_weights(DSTransUNet(preset="tiny", out_channels=1, window_size=4), tmp_path / "model.pt")
     with pytest.raises(BundleInputError, match="no trained model"):
         load_model_weights(DSTransUNet(preset="tiny"), tmp_path / "missing.pt")
 

@@ -281,12 +281,24 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = Fa
         raise BundleInputError(f"cannot read the model file {path}: {type(e).__name__}: {e}") from e
 
 
-def _fitting_preset(network: torch.nn.Module, state: Mapping[str, Any]) -> str:
-    """For a DSTransUNet whose weights do not fit: which preset and channels they were trained with."""
-    from bundle.networks import PRESETS, DSTransUNet
+def _mismatch_hint(network: torch.nn.Module, state: Mapping[str, Any]) -> str:
+    """For weights that do not fit: the preset and channels they were trained with, or, when those are
+    the network's own, that another network setting differs."""
+    from bundle.networks import DSTransUNet
 
-    if not isinstance(network, DSTransUNet):
-        return ""
+    held = _fitting_preset(network, state) if isinstance(network, DSTransUNet) else ""
+    own = _fitting_preset(network, network.state_dict()) if held else ""
+    if held and held == own:
+        return (
+            f"{held}, as this network: another network setting differs, so give the ones its training was given "
+            "(such as --network_def#window_size)"
+        )
+    return f"{held}: give the --preset, --in_channels and --out_channels it was trained with"
+
+
+def _fitting_preset(network: torch.nn.Module, state: Mapping[str, Any]) -> str:
+    """For a DSTransUNet's weights: which preset and channels they were trained with."""
+    from bundle.networks import PRESETS
     embed = state.get("fine_branch.patch_embed.proj.weight")
     head = state.get("head.conv.weight")
     if not isinstance(embed, torch.Tensor) or not isinstance(head, torch.Tensor):
@@ -330,10 +342,9 @@ def load_model_weights(
     try:
         target.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise BundleInputError(
-            f"{path} does not fit this network ({first}){_fitting_preset(target, state)}: give the --preset, "
-            "--in_channels and --out_channels it was trained with."
-        ) from e
+        # torch's first line only names the class; the second names the first tensor that differs
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        first = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else (lines or [repr(e)])[0]
+        raise BundleInputError(f"{path} does not fit this network ({first}){_mismatch_hint(target, state)}.") from e
     logger.info("Loaded the network weights from %s.", path)
     return network
