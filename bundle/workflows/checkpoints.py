@@ -345,6 +345,7 @@ def load_model_weights(
         # torch's first line only names the class; the second names the first tensor that differs
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         first = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else (lines or [repr(e)])[0]
+        first = first if len(first) <= 300 else first[:300] + " ..."  # a list of missing keys can be long
         raise BundleInputError(f"{path} does not fit this network ({first}){_mismatch_hint(target, state)}.") from e
     logger.info("Loaded the network weights from %s.", path)
     return network
