@@ -209,6 +209,9 @@ class DSTransUNet(nn.Module):
         stem_channels: channels of the CNN stem and the last decoder stage at full resolution (twice as
             many at half resolution); default ``embed_dim // 4``, the authors' 32 at ``base``. The only
             path at full resolution, so thin structures (vessels) may want more than ``tiny``'s 8.
+        stem: the full-resolution stem: ``"linear"`` (the authors': a 1x1 conv of the image, so the
+            full-resolution skip carries no features of its own) or ``"conv"`` (two 3x3 conv, GroupNorm
+            and ReLU blocks, as a UNet's first stage: local features at full resolution, for thin structures).
         deep_supervision: in training mode, also return the two auxiliary logits (from the deepest
             skip and from the H/4 decoder stage, upsampled to the input size), as
             ``[main, aux_deep, aux_quarter]`` for ``monai.losses.DeepSupervisionLoss``.
@@ -256,6 +259,7 @@ class DSTransUNet(nn.Module):
         tif_args: Mapping[str, Any] | None = None,
         norm_groups: int = 32,
         stem_channels: int | None = None,
+        stem: str = "linear",
         deep_supervision: bool = False,
         aux_relu: bool = False,
         use_checkpoint: bool = False,
@@ -271,6 +275,8 @@ class DSTransUNet(nn.Module):
             raise ValueError(f"DSTransUNet fusion must be 'tif' or 'concat', got fusion={fusion!r}.")
         if decoder not in ("swin", "conv"):
             raise ValueError(f"DSTransUNet decoder must be 'swin' or 'conv', got decoder={decoder!r}.")
+        if stem not in ("linear", "conv"):
+            raise ValueError(f"DSTransUNet stem must be 'linear' or 'conv', got stem={stem!r}.")
         if patch_size != 4:
             raise ValueError(f"DSTransUNet's decoder ends in two x2 stages, so patch_size must be 4, got {patch_size}.")
         if coarse_patch_size % patch_size:
@@ -375,18 +381,24 @@ class DSTransUNet(nn.Module):
                 stage = ConvDecoderStage(spatial_dims, c, c // 2, c // 2, norm_groups)
             self.decoder.append(stage)
         # a small CNN stem on the raw image gives the skips at full and half resolution
-        stem = dim // 4 if stem_channels is None else int(stem_channels)
-        if stem < 1:
+        width = dim // 4 if stem_channels is None else int(stem_channels)
+        if width < 1:
             raise ValueError(f"DSTransUNet stem_channels must be a positive number of channels, got {stem_channels}.")
-        self.stem_full = _conv(spatial_dims, in_channels, stem, 1, relu=False)
+        self.stem_full: nn.Module = (
+            _conv(spatial_dims, in_channels, width, 1, relu=False)
+            if stem == "linear"
+            else nn.Sequential(
+                _conv(spatial_dims, in_channels, width, 3, norm_groups), _conv(spatial_dims, width, width, 3, norm_groups)
+            )
+        )
         self.stem_half = nn.Sequential(
             Pool[Pool.MAX, spatial_dims](kernel_size=2, stride=2),
-            _conv(spatial_dims, stem, 2 * stem, 3, norm_groups),
-            _conv(spatial_dims, 2 * stem, 2 * stem, 3, norm_groups),
+            _conv(spatial_dims, width, 2 * width, 3, norm_groups),
+            _conv(spatial_dims, 2 * width, 2 * width, 3, norm_groups),
         )
-        self.decoder.append(ConvDecoderStage(spatial_dims, dim, 2 * stem, 2 * stem, norm_groups))
-        self.decoder.append(ConvDecoderStage(spatial_dims, 2 * stem, stem, stem, norm_groups))
-        self.head = _conv(spatial_dims, stem, out_channels, 1, relu=False)
+        self.decoder.append(ConvDecoderStage(spatial_dims, dim, 2 * width, 2 * width, norm_groups))
+        self.decoder.append(ConvDecoderStage(spatial_dims, 2 * width, width, width, norm_groups))
+        self.head = _conv(spatial_dims, width, out_channels, 1, relu=False)
         self.aux_heads = nn.ModuleList(
             [_conv(spatial_dims, c, out_channels, 1, relu=aux_relu) for c in (channels[-1], channels[0])]
             if deep_supervision
@@ -436,7 +448,7 @@ class DSTransUNet(nn.Module):
 
     def _forward(self, x: torch.Tensor, size: List[int]) -> torch.Tensor | List[torch.Tensor]:
         skips = self._skips(x)
-        stem_full = self.stem_full(x)
+        stem_full = self._run(self.stem_full, x, cheap=True)
         stem_half = self._run(self.stem_half, stem_full, cheap=True)
         d = skips[-1]
         n_swin = len(skips) - 1
