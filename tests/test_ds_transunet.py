@@ -174,6 +174,24 @@ def test_stem_channels_widen_the_full_resolution_path():
         DSTransUNet(preset="tiny", stem_channels=0)
 
 
+def test_conv_stem_gives_the_full_resolution_skip_local_features():
+    linear, conv = DSTransUNet(preset="tiny"), DSTransUNet(preset="tiny", stem="conv").eval()
+    assert linear.stem_full.conv.kernel_size == (1, 1)  # the authors' down1: a 1x1 conv of the image
+    assert [block.conv.kernel_size for block in conv.stem_full] == [(3, 3), (3, 3)]
+    image = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        assert conv.stem_full(image).min() >= 0  # ReLU: features, not a linear mix of the colours
+        assert conv(image).shape == (1, 1, 64, 96)
+    # the skip of a pixel sees its neighbours: a change one pixel away reaches it
+    moved = image.clone()
+    moved[0, :, 10, 11] += 1.0
+    with torch.no_grad():
+        assert not torch.equal(conv.stem_full(image)[0, :, 10, 10], conv.stem_full(moved)[0, :, 10, 10])
+        assert torch.equal(linear.stem_full(image)[0, :, 10, 10], linear.stem_full(moved)[0, :, 10, 10])
+    with pytest.raises(ValueError, match="stem must be 'linear' or 'conv'"):
+        DSTransUNet(preset="tiny", stem="deep")
+
+
 def test_3d_volumes():
     model = DSTransUNet(spatial_dims=3, in_channels=1, out_channels=2, preset="tiny", embed_dim=16,
                         num_heads=(1, 1, 2, 2), coarse_embed_dim=16, coarse_num_heads=(1, 1, 2, 2), window_size=4).eval()  # fmt: skip
