@@ -208,7 +208,8 @@ class DSTransUNet(nn.Module):
         norm_groups: GroupNorm groups in conv blocks (reduced to a divisor of the channels).
         stem_channels: channels of the CNN stem and the last decoder stage at full resolution (twice as
             many at half resolution); default ``embed_dim // 4``, the authors' 32 at ``base``. The only
-            path at full resolution, so thin structures (vessels) may want more than ``tiny``'s 8.
+            path at full resolution, so thin structures (vessels) may want more than ``tiny``'s 8
+            (the bundle's configs: 16, with ``stem="conv"``).
         stem: the full-resolution stem: ``"linear"`` (the authors': a 1x1 conv of the image, so the
             full-resolution skip carries no features of its own) or ``"conv"`` (two 3x3 conv, GroupNorm
             and ReLU blocks, as a UNet's first stage: local features at full resolution, for thin structures).
@@ -388,7 +389,8 @@ class DSTransUNet(nn.Module):
             _conv(spatial_dims, in_channels, width, 1, relu=False)
             if stem == "linear"
             else nn.Sequential(
-                _conv(spatial_dims, in_channels, width, 3, norm_groups), _conv(spatial_dims, width, width, 3, norm_groups)
+                _conv(spatial_dims, in_channels, width, 3, norm_groups),
+                _conv(spatial_dims, width, width, 3, norm_groups),
             )
         )
         self.stem_half = nn.Sequential(
