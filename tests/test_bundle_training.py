@@ -339,6 +339,9 @@ def test_model_weights_that_do_not_fit_are_one_clear_error(tmp_path):
     # the same preset and channels, another window: the message names the tensor and the other setting
     with pytest.raises(BundleInputError, match=r"size mismatch for .*relative_position.*as this network: another"):
         load_model_weights(DSTransUNet(preset="tiny", out_channels=1, window_size=4), tmp_path / "model.pt")
+    # a model of the authors' stem (the configs before the conv stem) under train.yaml's network: the stem to give
+    with pytest.raises(BundleInputError, match="its stem is 'linear' with 8 channels: give --network_def#stem linear"):
+        load_model_weights(DSTransUNet(preset="tiny", stem="conv", stem_channels=16), tmp_path / "model.pt")
     with pytest.raises(BundleInputError, match="no trained model"):
         load_model_weights(DSTransUNet(preset="tiny"), tmp_path / "missing.pt")
 

@@ -289,11 +289,25 @@ def _mismatch_hint(network: torch.nn.Module, state: Mapping[str, Any]) -> str:
     held = _fitting_preset(network, state) if isinstance(network, DSTransUNet) else ""
     own = _fitting_preset(network, network.state_dict()) if held else ""
     if held and held == own:
+        stem, own_stem = _stem(state), _stem(network.state_dict())
+        if stem and stem != own_stem:
+            return (
+                f"{held}, as this network, but its stem is {stem[0]!r} with {stem[1]} channels: give "
+                f"--network_def#stem {stem[0]} --network_def#stem_channels {stem[1]}"
+            )
         return (
             f"{held}, as this network: another network setting differs, so give the ones its training was given "
             "(such as --network_def#window_size)"
         )
     return f"{held}: give the --preset, --in_channels and --out_channels it was trained with"
+
+
+def _stem(state: Mapping[str, Any]) -> tuple[str, int] | None:
+    """A DSTransUNet's full-resolution stem in its weights: ``("linear" | "conv", channels)``."""
+    for kind, key in (("linear", "stem_full.conv.weight"), ("conv", "stem_full.1.conv.weight")):
+        if isinstance(state.get(key), torch.Tensor):
+            return kind, int(state[key].shape[0])
+    return None
 
 
 def _fitting_preset(network: torch.nn.Module, state: Mapping[str, Any]) -> str:
