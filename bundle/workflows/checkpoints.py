@@ -286,10 +286,11 @@ def _mismatch_hint(network: torch.nn.Module, state: Mapping[str, Any]) -> str:
     the network's own, that another network setting differs."""
     from bundle.networks import DSTransUNet
 
+    own_state = network.state_dict()
     held = _fitting_preset(network, state) if isinstance(network, DSTransUNet) else ""
-    own = _fitting_preset(network, network.state_dict()) if held else ""
+    own = _fitting_preset(network, own_state) if held else ""
     if held and held == own:
-        stem, own_stem = _stem(state), _stem(network.state_dict())
+        stem, own_stem = _stem(state), _stem(own_state)
         if stem and stem != own_stem:
             return (
                 f"{held}, as this network, but its stem is {stem[0]!r} with {stem[1]} channels: give "

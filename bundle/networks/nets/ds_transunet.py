@@ -308,6 +308,7 @@ class DSTransUNet(nn.Module):
         self.use_tif = dual_scale and fusion == "tif"
         self.deep_supervision = deep_supervision
         self.use_checkpoint = use_checkpoint
+        self.stem = stem
         self.size_multiple = max(patch_size, coarse_patch_size if dual_scale else 1) * 2 ** (n_stages - 1)
         self.patch_size = patch_size
         self.embed_dim = p["embed_dim"]
@@ -450,7 +451,8 @@ class DSTransUNet(nn.Module):
 
     def _forward(self, x: torch.Tensor, size: List[int]) -> torch.Tensor | List[torch.Tensor]:
         skips = self._skips(x)
-        stem_full = self._run(self.stem_full, x, cheap=True)
+        # the conv stem's full-resolution activations are worth recomputing; a 1x1 conv's output is kept anyway
+        stem_full = self.stem_full(x) if self.stem == "linear" else self._run(self.stem_full, x, cheap=True)
         stem_half = self._run(self.stem_half, stem_full, cheap=True)
         d = skips[-1]
         n_swin = len(skips) - 1
