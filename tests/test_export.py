@@ -254,9 +254,11 @@ def test_onnx_model_takes_any_size_and_runs_the_inference_config(exported, tmp_p
     if not (bundle / "models" / "model.onnx").is_file():
         pytest.skip("exported without --onnx: onnx or onnxscript is not installed")
     assert "onnx 1x300x420 vs PyTorch: max abs difference" in result.stdout + result.stderr
-    from bundle.networks import DSTransUNet
+    from monai.bundle import ConfigParser
 
-    network = DSTransUNet(2, 3, 1, preset="tiny", deep_supervision=True).eval()
+    # the network as the zoo bundle's own inference config builds it (its stem, widths and heads)
+    inference = json.loads((bundle / "configs" / "inference.json").read_text())
+    network = ConfigParser(inference).get_parsed_content("network_def").eval()
     network.load_state_dict(torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True))
     session = onnxruntime.InferenceSession(str(bundle / "models" / "model.onnx"), providers=["CPUExecutionProvider"])
     for shape in ((1, 3, 300, 420), (1, 3, 64, 500), (3, 3, 97, 131)):
