@@ -359,6 +359,7 @@ def test_ddp_training_and_evaluation_with_gloo_on_two_processes(tmp_path):
         "'trainer_epoch': @train#trainer.state.epoch, 'validated_epoch': @validate#evaluator.state.epoch, "
         "'val_dice': float(@validate#evaluator.state.metrics['val_mean_dice']), "
         "'train_batches': len(@train#dataloader), 'val_images': len(@validate#dataloader)}))\"\n"
+        "  - $torch.distributed.is_initialized() and torch.distributed.barrier()\n"  # as multi_gpu_train.yaml
         "  - $torch.distributed.is_initialized() and torch.distributed.destroy_process_group()\n"
     )
     root = tmp_path / "b"
