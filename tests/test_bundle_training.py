@@ -353,14 +353,12 @@ def test_ddp_training_and_evaluation_with_gloo_on_two_processes(tmp_path):
     probe = tmp_path / "probe.yaml"
     probe.write_text(
         "imports:\n  - $import os\n  - $import json\n"
-        "finalize:\n"
+        "+run:\n"  # after training, before multi_gpu_train.yaml's own finalize (barrier, teardown)
         "  - \"$open(@output_dir + '/rank' + str(torch.distributed.get_rank()) + '.json', 'w').write(json.dumps({"
         "'lr': @optimizer.param_groups[0]['lr'], 'scheduler_epoch': @lr_scheduler.last_epoch, "
         "'trainer_epoch': @train#trainer.state.epoch, 'validated_epoch': @validate#evaluator.state.epoch, "
         "'val_dice': float(@validate#evaluator.state.metrics['val_mean_dice']), "
         "'train_batches': len(@train#dataloader), 'val_images': len(@validate#dataloader)}))\"\n"
-        "  - $torch.distributed.is_initialized() and torch.distributed.barrier()\n"  # as multi_gpu_train.yaml
-        "  - $torch.distributed.is_initialized() and torch.distributed.destroy_process_group()\n"
     )
     root = tmp_path / "b"
     configs = json.dumps(["configs/train.yaml", "configs/multi_gpu_train.yaml", str(probe)])
