@@ -46,13 +46,14 @@ import contextvars
 import ctypes
 import ctypes.util
 import sys
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Dict, Iterator
 
 import torch
 import torch.utils.checkpoint
 
 __all__ = [
     "CHEAP_RECOMPUTE_MIN_BYTES",
+    "autocast_state",
     "cheap_recomputation",
     "checkpoint",
     "recomputes",
@@ -81,6 +82,14 @@ def recomputes(requested: bool = True, cheap: bool = False) -> bool:
     if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_exporting():
         return False
     return not cheap or _CHEAP.get()
+
+
+def autocast_state(device_type: str) -> Dict[str, Any]:
+    """The autocast (mixed precision) in force for ``device_type``, as ``torch.autocast`` keyword
+    arguments: a hand-written backward that recomputes part of its forward runs under it again."""
+    if not torch.is_autocast_enabled(device_type):
+        return {"enabled": False}
+    return {"enabled": True, "dtype": torch.get_autocast_dtype(device_type)}
 
 
 @contextlib.contextmanager

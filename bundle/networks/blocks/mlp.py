@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.blocks import MLPBlock
 
-from bundle.networks.memory import recomputes
+from bundle.networks.memory import autocast_state, recomputes
 
 __all__ = ["prenorm_mlp"]
 
@@ -31,12 +31,13 @@ class _PreNormMLP(torch.autograd.Function):
     Plain autograd keeps the norm's input and output and two hidden-width tensors (GELU's input
     and output), 10 tensors of the input's size at an MLP ratio of 4. Backward recomputes the norm,
     ``linear1`` and GELU (about a sixth of the block's backward FLOPs) and never ``linear2``,
-    a chunk of tokens at a time.
+    a chunk of tokens at a time, under the forward's autocast (mixed precision), if any.
     """
 
     @staticmethod
     def forward(ctx, x, norm_weight, norm_bias, weight1, bias1, weight2, bias2, eps: float):
         ctx.eps = eps
+        ctx.autocast = autocast_state(x.device.type)
         ctx.save_for_backward(x, norm_weight, norm_bias, weight1, bias1, weight2)
         hidden = F.linear(F.layer_norm(x, x.shape[-1:], norm_weight, norm_bias, eps), weight1, bias1)
         return F.linear(F.gelu(hidden), weight2, bias2)
@@ -52,20 +53,21 @@ class _PreNormMLP(torch.autograd.Function):
         grad_x = torch.empty_like(x_rows)
         # tokens are independent: recompute and differentiate them in chunks, so that only one
         # chunk's hidden activations exist at a time
-        for start in range(0, x_rows.shape[0], _CHUNK_ROWS):
-            rows = slice(start, start + _CHUNK_ROWS)
-            with torch.enable_grad():
-                leaves = [x_rows[rows].detach().requires_grad_(True)] + [
-                    p.detach().requires_grad_(True) for p in params
-                ]
-                normed = F.layer_norm(leaves[0], (width,), leaves[1], leaves[2], ctx.eps)
-                act = F.gelu(F.linear(normed, leaves[3], leaves[4]))
-            grad_weight2 += grad_rows[rows].t() @ act.detach()
-            grads = torch.autograd.grad(act, leaves, grad_rows[rows] @ weight2)
-            grad_x[rows] = grads[0]
-            for total, g in zip(grads_params, grads[1:]):
-                total += g
-        return (grad_x.view_as(x), *grads_params, grad_weight2, grad_rows.sum(0), None)
+        with torch.autocast(x.device.type, **ctx.autocast):
+            for start in range(0, x_rows.shape[0], _CHUNK_ROWS):
+                rows = slice(start, start + _CHUNK_ROWS)
+                with torch.enable_grad():
+                    leaves = [x_rows[rows].detach().requires_grad_(True)] + [
+                        p.detach().requires_grad_(True) for p in params
+                    ]
+                    normed = F.layer_norm(leaves[0], (width,), leaves[1], leaves[2], ctx.eps)
+                    act = F.gelu(F.linear(normed, leaves[3], leaves[4]))
+                grad_weight2 += grad_rows[rows].t() @ act.detach()
+                grads = torch.autograd.grad(act, leaves, (grad_rows[rows] @ weight2).to(act.dtype))
+                grad_x[rows] = grads[0]
+                for total, g in zip(grads_params, grads[1:]):
+                    total += g
+        return (grad_x.view_as(x), *grads_params, grad_weight2, grad_rows.sum(0).to(weight2.dtype), None)
 
 
 def prenorm_mlp(x: torch.Tensor, norm: nn.LayerNorm, mlp: MLPBlock) -> torch.Tensor:
