@@ -62,6 +62,8 @@ class FusedWindowAttention(WindowAttention):
     The bias is learned, and no fused CPU kernel gives its gradient; so in training the windows'
     query/key/value projection and attention are recomputed in backward, keeping neither q, k, v
     nor any attention matrix (about a tenth of the block's FLOPs, and 4 of its 6 stored tensors).
+    :class:`SwinBlock` calls :meth:`attend` and the projection itself, recomputing the norm and the
+    windowing too.
     """
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -145,6 +147,18 @@ class SwinBlock(SwinTransformerBlock):
         return self.drop_path(prenorm_mlp(x, self.norm2, self.mlp))
 
     def forward_part1(self, x: torch.Tensor, mask_matrix: torch.Tensor | None) -> torch.Tensor:
+        mask = mask_matrix if self.shifted else None
+        if recomputes(cheap=True):  # backward recomputes the branch from x, which the residual keeps anyway
+            y = checkpoint(self.windowed_attention, x, mask)
+        else:
+            y = self.windowed_attention(x, mask)
+        # the output projection is per token, so it commutes with the windowing: on the cropped map it
+        # skips the padded tokens, and it keeps only that map for backward
+        return self.attn.proj_drop(self.attn.proj(y))
+
+    def windowed_attention(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The attention branch up to its output projection: norm, (shifted, zero-padded) windows,
+        attention within each window, and back to the map's own size."""
         x = self.norm1(x)
         spatial = list(x.shape[1:-1])
         x, cropped = pad_to_multiple(x, self.window_size, channel_last=True)  # whole windows
@@ -152,7 +166,7 @@ class SwinBlock(SwinTransformerBlock):
         dims = list(range(1, len(spatial) + 1))
         if self.shifted:
             x = torch.roll(x, shifts=[-s for s in self.shift_size], dims=dims)
-        windows = self.attn(window_partition(x, self.window_size), mask_matrix if self.shifted else None)
+        windows = self.attn.attend(window_partition(x, self.window_size), mask)
         x = window_reverse(windows, self.window_size, padded)
         if self.shifted:
             x = torch.roll(x, shifts=self.shift_size, dims=dims)
