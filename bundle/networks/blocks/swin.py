@@ -27,7 +27,7 @@ ceiling division, explicit copies instead of ``contiguous()``, the shift mask fr
 from __future__ import annotations
 
 import math
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -43,8 +43,10 @@ from monai.utils import ensure_tuple_rep
 from bundle.networks.blocks.mlp import prenorm_mlp
 from bundle.networks.memory import checkpoint, recomputes, release_heap_in_backward
 from bundle.networks.padding import pad_to_multiple, padded_sizes
+from bundle.networks.tracing import is_compiling
 
 __all__ = [
+    "PROJECT_FIRST_PADDING",
     "FusedWindowAttention",
     "SwinBlock",
     "SwinStage",
@@ -53,6 +55,10 @@ __all__ = [
     "window_partition",
     "window_reverse",
 ]
+
+
+# SwinBlock projects q/k/v before padding the map to whole windows when padding adds this share of tokens or more
+PROJECT_FIRST_PADDING = 1.25
 
 
 class FusedWindowAttention(WindowAttention):
@@ -75,9 +81,13 @@ class FusedWindowAttention(WindowAttention):
 
     def attend(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Windowed multi-head attention of ``x`` (windows, tokens, channels), before the output projection."""
-        b, n, c = x.shape
+        return self.attend_projected(self.qkv(x), mask)
+
+    def attend_projected(self, qkv: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """:meth:`attend` from the windows' query/key/value projection ``qkv`` (windows, tokens, 3 * channels)."""
+        b, n, c = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
         head_dim = c // self.num_heads
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
+        qkv = qkv.reshape(b, n, 3, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
         bias = self.relative_position_bias_table[self.relative_position_index[:n, :n].reshape(-1)]
         attn_mask = bias.reshape(n, n, self.num_heads).permute(2, 0, 1).unsqueeze(0)
         if mask is not None:
@@ -85,7 +95,7 @@ class FusedWindowAttention(WindowAttention):
             attn_mask = (attn_mask + mask.unsqueeze(1)).repeat(b // mask.shape[0], 1, 1, 1)
         dropout_p = self.attn_drop.p if self.training else 0.0
         out = F.scaled_dot_product_attention(
-            qkv[0], qkv[1], qkv[2], attn_mask=attn_mask.to(x.dtype), dropout_p=dropout_p
+            qkv[0], qkv[1], qkv[2], attn_mask=attn_mask.to(qkv.dtype), dropout_p=dropout_p
         )
         out = out.transpose(1, 2)
         if torch.compiler.is_exporting():
@@ -137,7 +147,8 @@ class SwinBlock(SwinTransformerBlock):
     def forward(self, x: torch.Tensor, mask_matrix: torch.Tensor | None) -> torch.Tensor:
         # as MONAI's block, but checkpointing only where there is a backward to save memory for
         if recomputes(self.use_checkpoint):
-            attn = checkpoint(self.forward_part1, x, mask_matrix)
+            # the attention branch itself, not forward_part1, whose cheap recomputation would nest in this one
+            attn = checkpoint(self.attention_branch, x, mask_matrix if self.shifted else None)
             x = x + self.drop_path(release_heap_in_backward(attn))
             return x + release_heap_in_backward(checkpoint(self.forward_part2, x))
         x = x + self.drop_path(self.forward_part1(x, mask_matrix))
@@ -149,24 +160,36 @@ class SwinBlock(SwinTransformerBlock):
     def forward_part1(self, x: torch.Tensor, mask_matrix: torch.Tensor | None) -> torch.Tensor:
         mask = mask_matrix if self.shifted else None
         if recomputes(cheap=True):  # backward recomputes the branch from x, which the residual keeps anyway
-            y = checkpoint(self.windowed_attention, x, mask)
-        else:
-            y = self.windowed_attention(x, mask)
+            return checkpoint(self.attention_branch, x, mask)
+        return self.attention_branch(x, mask)
+
+    def attention_branch(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         # the output projection is per token, so it commutes with the windowing: on the cropped map it
-        # skips the padded tokens, and it keeps only that map for backward
-        return self.attn.proj_drop(self.attn.proj(y))
+        # skips the padded tokens
+        return self.attn.proj_drop(self.attn.proj(self.windowed_attention(x, mask)))
 
     def windowed_attention(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """The attention branch up to its output projection: norm, (shifted, zero-padded) windows,
-        attention within each window, and back to the map's own size."""
-        x = self.norm1(x)
+        """The attention branch up to its output projection: norm, query/key/value, (shifted, zero-padded)
+        windows, attention within each window, and back to the map's own size."""
         spatial = list(x.shape[1:-1])
-        x, cropped = pad_to_multiple(x, self.window_size, channel_last=True)  # whole windows
+        x = self.norm1(x)
+        # a padded token is zero after the norm, so its q/k/v is the bias alone: where padding adds many tokens,
+        # project the map and pad with the bias (at 256 px the fine branch's 16 x 16 map becomes 21 x 21, 72%
+        # more tokens); where it adds few, pad the map, whose channels cost a third of q/k/v's to window
+        # (exported or compiled: always the map, so that no guard depends on symbolic sizes)
+        project_first = not is_compiling() and math.prod(
+            padded_sizes(spatial, self.window_size)
+        ) >= PROJECT_FIRST_PADDING * math.prod(spatial)
+        if project_first:
+            x, cropped = _pad_projection(self.attn.qkv(x), self.window_size, self.attn.qkv.bias)
+        else:
+            x, cropped = pad_to_multiple(x, self.window_size, channel_last=True)
         padded: List[int] = [x.shape[0]] + list(x.shape[1:-1])
         dims = list(range(1, len(spatial) + 1))
         if self.shifted:
             x = torch.roll(x, shifts=[-s for s in self.shift_size], dims=dims)
-        windows = self.attn.attend(window_partition(x, self.window_size), mask)
+        windows = window_partition(x, self.window_size)
+        windows = self.attn.attend_projected(windows if project_first else self.attn.qkv(windows), mask)
         x = window_reverse(windows, self.window_size, padded)
         if self.shifted:
             x = torch.roll(x, shifts=self.shift_size, dims=dims)
@@ -179,6 +202,22 @@ class SwinBlock(SwinTransformerBlock):
             if torch.compiler.is_exporting():  # a fresh layout: no stride guard on whether anything was padded
                 x = x.clone(memory_format=torch.contiguous_format)
         return x
+
+
+def _pad_projection(
+    projected: torch.Tensor, window_size: Sequence[int], bias: torch.Tensor | None
+) -> Tuple[torch.Tensor, bool]:
+    """The projection of the zero-padded map, from the projection ``projected`` (B, *spatial, C) of the map:
+    the padded tokens get the projection's ``bias`` (what a zero token projects to); and whether it was padded."""
+    padded, was_padded = pad_to_multiple(projected, window_size, channel_last=True)
+    if not was_padded or bias is None:
+        return padded, was_padded
+    inside = torch.ones((), dtype=torch.bool, device=projected.device)
+    for axis, size in enumerate(projected.shape[1:-1]):  # index comparisons: no guard on symbolic sizes
+        shape = [1] * (projected.ndim - 1)
+        shape[1 + axis] = -1
+        inside = inside & (torch.arange(padded.shape[1 + axis], device=projected.device) < size).view(shape)
+    return torch.where(inside.unsqueeze(-1), padded, bias.to(padded.dtype)), True
 
 
 class SwinStage(nn.Module):

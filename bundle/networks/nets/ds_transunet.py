@@ -33,6 +33,7 @@ from bundle.networks.blocks.swin import SwinBranch, SwinStage
 from bundle.networks.blocks.tif import TIF
 from bundle.networks.memory import cheap_recomputation, checkpoint, recomputes, release_heap_in_backward
 from bundle.networks.padding import pad_to_multiple
+from bundle.networks.tracing import is_compiling
 from bundle.networks.swin_weights import load_swin_weights
 
 __all__ = ["DSTransUNet", "PRESETS", "convert_authors_state_dict"]
@@ -105,7 +106,35 @@ class UpConv(Convolution):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # 2D maps with at least as many positions as channels (where oneDNN runs the 2x2 kernels well): the
+        # same conv of the upsampled map computed at the input's resolution, 2.25x fewer FLOPs and a quarter
+        # of the input stored for backward; exported or compiled: as written (no guard on symbolic sizes)
+        if x.ndim == 4 and not is_compiling() and x.shape[2] * x.shape[3] >= x.shape[1]:
+            return self.adn(upsampled_conv3x3(x, self.conv.weight, self.conv.bias))
         return super().forward(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+def upsampled_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), weight, bias, padding=1)`` for a 3x3
+    ``weight``, without the upsampled map: each output pixel of row parity ``a`` and column parity ``b``
+    sees a 2x2 neighbourhood of ``x`` through a 2x2 kernel summed from the 3x3 one (rows ``(0, 1 + 2)`` for
+    even rows, ``(0 + 1, 2)`` for odd ones; columns likewise). The four kernels run as one convolution
+    of the padded input, and their outputs are interleaved. The same sums in another order (to ~1e-7)."""
+    out_channels, (h, w) = weight.shape[0], x.shape[2:]
+    rows = [
+        torch.stack([weight[:, :, 0], weight[:, :, 1] + weight[:, :, 2]], 2),
+        torch.stack([weight[:, :, 0] + weight[:, :, 1], weight[:, :, 2]], 2),
+    ]
+    kernels = [
+        torch.stack([r[..., 0], r[..., 1] + r[..., 2]] if b == 0 else [r[..., 0] + r[..., 1], r[..., 2]], -1)
+        for r in rows
+        for b in (0, 1)
+    ]
+    y = F.conv2d(F.pad(x, (1, 1, 1, 1)), torch.cat(kernels), None if bias is None else bias.repeat(4))
+    y = y.unflatten(1, (2, 2, out_channels))  # (B, row parity, column parity, C, h + 1, w + 1)
+    # parity a reads input rows (i - 1 + a, i + a): the padded conv's rows a .. a + h
+    parts = [torch.stack([y[:, a, b, :, a : a + h, b : b + w] for b in (0, 1)], -1) for a in (0, 1)]
+    return torch.stack(parts, -3).reshape(x.shape[0], out_channels, 2 * h, 2 * w)
 
 
 class ConvDecoderStage(nn.Module):
@@ -460,7 +489,8 @@ class DSTransUNet(nn.Module):
             d = self._run(self.decoder[i], d, skips[n_swin - 1 - i])
         quarter = d
         d = self._run(self.decoder[n_swin], d, stem_half, cheap=True)
-        out = _crop(self._run(self._full_resolution, d, stem_full, cheap=True), size)
+        # not recomputed: the last stage's backward runs first, while everything stored is still held anyway
+        out = _crop(self._full_resolution(d, stem_full), size)
         if not (self.deep_supervision and self.training):
             return out
         aux = [self.aux_heads[0](skips[-1]), self.aux_heads[1](quarter)]
