@@ -15,6 +15,7 @@ CPU (their code needs ``timm`` and ``mmseg`` and calls ``.cuda()``); it is never
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -150,17 +151,24 @@ def _build(case: Dict[str, Any]):
 _CHEAP_THRESHOLDS = {"auto": None, "always": 0, "never": float("inf")}
 
 
-def _train_step(model: nn.Module, inputs: Any) -> None:
-    _outputs_sum(model(*inputs)).backward()
+def _autocast(case: Dict[str, Any]) -> Any:
+    """bf16 autocast on the CPU for a ``precision: bf16`` case (fp32 weights, bf16 matrix work), else nothing."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=case.get("precision") == "bf16")
+
+
+def _train_step(model: nn.Module, inputs: Any, autocast: Any = None) -> None:
+    with autocast or contextlib.nullcontext():
+        total = _outputs_sum(model(*inputs))
+    total.backward()
     model.zero_grad(set_to_none=True)
 
 
-def _profile_rows(model: nn.Module, inputs: Any, rows: int) -> List[Dict[str, Any]]:
-    """The operators taking the most time in one training step (self CPU time, torch.profiler)."""
+def _profile_rows(step: Callable[[], None], rows: int) -> List[Dict[str, Any]]:
+    """The operators taking the most time in one ``step()`` (self CPU time, torch.profiler)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        _train_step(model, inputs)
+        step()
     events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
     total = sum(e.self_cpu_time_total for e in events)
     return [
@@ -207,8 +215,9 @@ def _preset_grid(quick: bool) -> List[Tuple[str, List[int]]]:
 
 def run_case(case: Dict[str, Any]) -> Dict[str, Any]:
     torch.set_num_threads(case["threads"])
-    if case["kind"] == "matmul":  # the machine's fp32 matrix-multiply rate, for scale
-        a, b = torch.rand(2048, 2048), torch.rand(2048, 2048)
+    if case["kind"] == "matmul":  # the machine's matrix-multiply rate, for scale
+        dtype = torch.bfloat16 if case.get("precision") == "bf16" else torch.float32
+        a, b = torch.rand(2048, 2048, dtype=dtype), torch.rand(2048, 2048, dtype=dtype)
         times = []
         for _ in range(case["repeats"] + 1):
             t0 = time.perf_counter()
@@ -222,7 +231,8 @@ def run_case(case: Dict[str, Any]) -> Dict[str, Any]:
         grad: Any = torch.no_grad
 
         def step() -> None:
-            model(*inputs)
+            with _autocast(case):
+                model(*inputs)
 
     else:
         if case["kind"] == "ds":
@@ -237,7 +247,7 @@ def run_case(case: Dict[str, Any]) -> Dict[str, Any]:
         grad = torch.enable_grad
 
         def step() -> None:
-            _train_step(model, inputs)
+            _train_step(model, inputs, _autocast(case))
 
     times: List[float] = []
     with grad():
@@ -252,7 +262,7 @@ def run_case(case: Dict[str, Any]) -> Dict[str, Any]:
         if case.get("flops"):  # recomputation included in training
             result["gflops"] = _gflops(step)
         if case.get("profile"):
-            result["profile"] = _profile_rows(model, inputs, case["profile"])
+            result["profile"] = _profile_rows(step, case["profile"])
     return result
 
 
@@ -298,6 +308,22 @@ def _fmt(value: Any, spec: str) -> str:
     return format(value, spec) if isinstance(value, (int, float)) else str(value)
 
 
+def _seconds(result: Dict[str, Any], spec: str) -> str:
+    return _fmt(result.get("seconds", result.get("error")), spec)
+
+
+def _ratio(slow: Dict[str, Any], fast: Dict[str, Any], key: str) -> str:
+    if key in slow and key in fast:
+        return f"{slow[key] / max(fast[key], 1e-9):.1f}x"
+    return "-"
+
+
+def _speedup(slow: Dict[str, Any], fast: Dict[str, Any], spec: str = ".2f") -> str:
+    if "seconds" in slow and "seconds" in fast:
+        return f"{slow['seconds'] / fast['seconds']:{spec}}x"
+    return "-"
+
+
 def _mib(n_bytes: float) -> str:
     return f"{n_bytes / 2**20:g} MiB"
 
@@ -311,13 +337,13 @@ def _pooled(results: List[Dict[str, Any]]) -> Dict[str, Any]:
     return {"seconds": statistics.median(runs), "runs": runs, "peak_mb": max(r["peak_mb"] for r in results)}
 
 
-def _preset_row(label: str, size: int, fwd: Dict[str, Any], train: Dict[str, Any]) -> str:
+def _preset_row(label: str, size: int, fwd: Dict[str, Any], train: Dict[str, Any], bf16: Dict[str, Any]) -> str:
     rate = train["gflops"] / train["seconds"] if "gflops" in train and "seconds" in train else "-"
     return (
         f"| {label} | {size} | {_fmt(fwd.get('params_m', '-'), '.1f')} | {_fmt(fwd.get('gflops', '-'), '.1f')} "
-        f"| {_fmt(fwd.get('seconds', fwd.get('error')), '.2f')} | {_fmt(fwd.get('peak_mb', '-'), '.0f')} "
-        f"| {_fmt(train.get('seconds', train.get('error')), '.2f')} | {_fmt(train.get('peak_mb', '-'), '.0f')} "
-        f"| {_fmt(rate, '.0f')} |"
+        f"| {_seconds(fwd, '.2f')} | {_fmt(fwd.get('peak_mb', '-'), '.0f')} "
+        f"| {_seconds(train, '.2f')} | {_fmt(train.get('peak_mb', '-'), '.0f')} | {_fmt(rate, '.0f')} "
+        f"| {_seconds(bf16, '.2f')} | {_fmt(bf16.get('peak_mb', '-'), '.0f')} |"
     )
 
 
@@ -387,9 +413,13 @@ def main() -> None:
     ]
 
     matmul = measure(dict(common, kind="matmul"), {})
+    matmul_bf16 = measure(dict(common, kind="matmul", precision="bf16"), {})
     lines += [
-        f"For scale: a 2048 x 2048 fp32 matrix multiply runs at {_fmt(matmul.get('gflops_per_s', '-'), '.0f')} "
-        "GFLOP/s here, about what this machine's cores can do; a training step mixes far less efficient work in.",
+        f"For scale: a 2048 x 2048 matrix multiply runs at {_fmt(matmul.get('gflops_per_s', '-'), '.0f')} GFLOP/s "
+        f"in fp32 and {_fmt(matmul_bf16.get('gflops_per_s', '-'), '.0f')} GFLOP/s in bf16 here "
+        f"(CPU capability {torch.backends.cpu.get_cpu_capability()}); a training step mixes far less efficient work in. "
+        "*bf16* columns run the forward under `torch.autocast('cpu', dtype=torch.bfloat16)` (fp32 weights and "
+        "gradients, matrix work in bf16), the backward outside it, as mixed-precision training does.",
         "",
     ]
 
@@ -399,12 +429,13 @@ def main() -> None:
         "## TIF vs. a naive einsum TIF",
         "",
         "`TIF(64, 64)` against `NaiveTIF` (the seed's math with a materialised N x N attention matrix, "
-        "in this script), forward + backward, batch 2, 64 channels, both maps with the given tokens. "
-        "*TIF GFLOP/s* is the forward and backward FLOPs (FlopCounterMode, with the CPU flash-attention kernels counted) over TIF's time.",
+        "in this script), forward + backward, batch 2, 64 channels, both maps with the given tokens, all fp32 "
+        "but the last two columns. *TIF GFLOP/s* is the forward and backward FLOPs (FlopCounterMode, with the CPU "
+        "flash-attention kernels counted) over TIF's time.",
         "",
         "| tokens | naive s | TIF s | speed-up | naive step MB | TIF step MB | memory ratio | TIF process peak MB "
-        "| TIF GFLOP/s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| TIF GFLOP/s | TIF bf16 s | bf16 speed-up over naive |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for side in sides:
         case = dict(common, mode="train", channels=64, tokens_side=side, batch=2)
@@ -413,16 +444,14 @@ def main() -> None:
         else:
             naive = measure(dict(case, kind="naive_tif"), {})
         ours = measure(dict(case, kind="tif", flops=True), {})
-        print("TIF", side, naive, ours, flush=True)
-        speed = ratio = "-"
-        if "seconds" in naive and "seconds" in ours:
-            speed = f"{naive['seconds'] / ours['seconds']:.1f}x"
-            ratio = f"{naive['step_mb'] / max(ours['step_mb'], 1e-9):.1f}x"
+        ours_bf16 = measure(dict(case, kind="tif", precision="bf16"), {})
+        print("TIF", side, naive, ours, ours_bf16, flush=True)
         lines.append(
-            f"| {side} x {side} | {_fmt(naive.get('seconds', naive.get('error')), '.3f')} "
-            f"| {_fmt(ours.get('seconds', ours.get('error')), '.3f')} | {speed} | {_fmt(naive.get('step_mb', '-'), '.0f')} "
-            f"| {_fmt(ours.get('step_mb', '-'), '.0f')} | {ratio} | {_fmt(ours.get('peak_mb', '-'), '.0f')} "
-            f"| {_fmt(ours['gflops'] / ours['seconds'] if 'gflops' in ours and 'seconds' in ours else '-', '.0f')} |"
+            f"| {side} x {side} | {_seconds(naive, '.3f')} | {_seconds(ours, '.3f')} | {_speedup(naive, ours, '.1f')} "
+            f"| {_fmt(naive.get('step_mb', '-'), '.0f')} | {_fmt(ours.get('step_mb', '-'), '.0f')} "
+            f"| {_ratio(naive, ours, 'step_mb')} | {_fmt(ours.get('peak_mb', '-'), '.0f')} "
+            f"| {_fmt(ours['gflops'] / ours['seconds'] if 'gflops' in ours and 'seconds' in ours else '-', '.0f')} "
+            f"| {_seconds(ours_bf16, '.3f')} | {_speedup(naive, ours_bf16, '.1f')} |"
         )
 
     # 2. DSTransUNet presets
@@ -436,8 +465,9 @@ def main() -> None:
         "multiply-add as 2 (torch's FlopCounterMode); *fwd+bwd GFLOP/s* is what the training step executes "
         "(recomputation included) over its time.",
         "",
-        "| model | input | params (M) | GFLOPs | fwd s | fwd peak MB | fwd+bwd s | fwd+bwd peak MB | fwd+bwd GFLOP/s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | input | params (M) | GFLOPs | fwd s | fwd peak MB | fwd+bwd s | fwd+bwd peak MB | fwd+bwd GFLOP/s "
+        "| bf16 fwd+bwd s | bf16 fwd+bwd peak MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     models = [(f"DSTransUNet `{p}`", dict(kind="ds", preset=p), sizes) for p, sizes in grid]
     if not args.quick:
@@ -446,8 +476,9 @@ def main() -> None:
         for size in sizes:
             fwd = measure(dict(common, **spec, mode="forward", size=size, flops=True), {})
             train = measure(dict(common, **spec, mode="train", size=size, flops=True), {})
-            print(label, size, fwd, train, flush=True)
-            lines.append(_preset_row(label, size, fwd, train))
+            bf16 = measure(dict(common, **spec, mode="train", size=size, precision="bf16"), {})
+            print(label, size, fwd, train, bf16, flush=True)
+            lines.append(_preset_row(label, size, fwd, train, bf16))
 
     # 3. against the authors' model: the same step, measured in alternating processes
     if args.authors_code:
@@ -459,25 +490,33 @@ def main() -> None:
             "",
             "The authors' `UNet(128, 1)` (their `lib/DS_TransUNet.py`, made runnable on the CPU outside this "
             "project) against DSTransUNet `base` with the same weights' shapes, batch 1, the same training step "
-            f"(forward + backward). Measured in alternating processes, ours then theirs, {ROUNDS} rounds at each "
-            f"size; each figure is the median of the {ROUNDS * common['repeats']} timed steps (each process: one "
-            "warm-up step, then the timed ones). *Peak* is the larger of the rounds' process peaks.",
+            "(forward + backward), in fp32 and under bf16 autocast (the authors train in fp32). Measured in "
+            f"alternating processes, ours then theirs, fp32 then bf16, {ROUNDS} rounds at each size; each figure is "
+            f"the median of the {ROUNDS * common['repeats']} timed steps (each process: one warm-up step, then the "
+            "timed ones). *Peak* is the larger of the rounds' process peaks. *Speed-up* is the authors' fp32 step "
+            "over ours in fp32 and over ours in bf16; *both bf16* puts their model under the same autocast.",
             "",
-            "| input | ours fwd+bwd s | authors' fwd+bwd s | speed-up | ours peak MB | authors' peak MB |",
-            "|---|---|---|---|---|---|",
+            "| input | ours fp32 s | ours bf16 s | authors' fp32 s | authors' bf16 s | speed-up fp32 "
+            "| speed-up, ours bf16 | speed-up, both bf16 | ours fp32 / bf16 peak MB | authors' fp32 / bf16 peak MB |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for size in sizes:
-            ours_runs, theirs_runs = [], []
+            runs: Dict[Tuple[str, str], List[Dict[str, Any]]] = {}
             for _ in range(ROUNDS):
-                ours_runs.append(measure(dict(common, kind="ds", preset="base", mode="train", size=size), {}))
-                theirs_runs.append(measure(dict(common, **authors, mode="train", size=size), {}))
-            ours, theirs = _pooled(ours_runs), _pooled(theirs_runs)
-            print("authors", size, ours, theirs, flush=True)
-            speed = f"{theirs['seconds'] / ours['seconds']:.2f}x" if "seconds" in ours and "seconds" in theirs else "-"
+                for precision in ("fp32", "bf16"):
+                    for who, spec in (("ours", dict(kind="ds", preset="base")), ("authors", authors)):
+                        case = dict(common, **spec, mode="train", size=size, precision=precision)
+                        runs.setdefault((who, precision), []).append(measure(case, {}))
+            found = {key: _pooled(results) for key, results in runs.items()}
+            print("authors", size, found, flush=True)
+            ours, ours_bf16 = found["ours", "fp32"], found["ours", "bf16"]
+            theirs, theirs_bf16 = found["authors", "fp32"], found["authors", "bf16"]
             lines.append(
-                f"| {size} | {_fmt(ours.get('seconds', ours.get('error')), '.2f')} "
-                f"| {_fmt(theirs.get('seconds', theirs.get('error')), '.2f')} | {speed} "
-                f"| {_fmt(ours.get('peak_mb', '-'), '.0f')} | {_fmt(theirs.get('peak_mb', '-'), '.0f')} |"
+                f"| {size} | {_seconds(ours, '.2f')} | {_seconds(ours_bf16, '.2f')} | {_seconds(theirs, '.2f')} "
+                f"| {_seconds(theirs_bf16, '.2f')} | {_speedup(theirs, ours)} | {_speedup(theirs, ours_bf16)} "
+                f"| {_speedup(theirs_bf16, ours_bf16)} "
+                f"| {_fmt(ours.get('peak_mb', '-'), '.0f')} / {_fmt(ours_bf16.get('peak_mb', '-'), '.0f')} "
+                f"| {_fmt(theirs.get('peak_mb', '-'), '.0f')} / {_fmt(theirs_bf16.get('peak_mb', '-'), '.0f')} |"
             )
         fwd = measure(dict(common, **authors, mode="forward", size=sizes[-1], flops=True), {})
         lines += [
@@ -496,7 +535,7 @@ def main() -> None:
         "## What recomputation buys",
         "",
         "In training, DSTransUNet recomputes window attention's q/k/v, the pre-norm MLPs' hidden activations "
-        "and the full-resolution conv stages in backward only when its first token map has at least "
+        "and the conv stem and half-resolution decoder stage in backward only when its first token map has at least "
         f"{_mib(CHEAP_RECOMPUTE_MIN_BYTES)} (`bundle/networks/memory.py`). The same training step with that "
         "choice, with those pieces always recomputed, and never (fwd+bwd s / peak MB; `tiny` at 128 px, batch 8, "
         "is the default recipe's step on Kvasir-SEG):",

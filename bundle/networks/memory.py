@@ -18,7 +18,7 @@ only ever worth its time when a backward will follow in eager PyTorch, so never 
 
 Two kinds of recomputation ask it. ``use_checkpoint`` (the memory knob a user sets) recomputes whole
 blocks. The *cheap* recomputations that run by default (window attention's q/k/v, the pre-norm MLPs'
-hidden activations, DS-TransUNet's full-resolution conv stages) buy much memory for a few percent of
+hidden activations, DS-TransUNet's conv stem and half-resolution decoder stage) buy much memory for a few percent of
 the time on large maps, but on small ones the memory they save is small and their overhead is
 not: measured (docs/benchmarks.md, "What recomputation buys"), a ``tiny`` step at 128 px, batch 8,
 is 25% faster without them and a ``base`` step at 256 px 14% faster, for 0.2-0.3 GB, while at 512 px

@@ -24,6 +24,9 @@
 resized once and the flips run as one batch at ``image_size`` (a network call on three small images costs
 little more than on one); sliding windows run once per flip.
 
+:class:`AutocastInferer` runs any inferer under bf16 autocast on the CPU (``--amp true`` on a CPU;
+MONAI's engines do mixed precision on CUDA only).
+
 The network sees a plain tensor: MONAI's ``MetaTensor`` routes every operation through Python
 metadata bookkeeping, which made a ``tiny`` network's forward on a Kvasir image several times slower
 than on the same data as a tensor. The logits get the input's metadata back.
@@ -36,9 +39,57 @@ from typing import Any, Callable, List, Sequence
 import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor
-from monai.inferers import Inferer, SlidingWindowInferer
+from monai.inferers import Inferer, SimpleInferer, SlidingWindowInferer
 
-__all__ = ["SegmentationInferer"]
+from bundle.errors import BundleInputError
+
+__all__ = ["AutocastInferer", "SegmentationInferer", "cpu_has_native_bf16"]
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX, through oneDNN): elsewhere bf16
+    autocast is emulated and slower than fp32."""
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+class AutocastInferer(Inferer):
+    """Another inferer (MONAI's ``SimpleInferer`` by default) run under ``torch.autocast`` with bf16 on the
+    CPU: weights, gradients and the optimizer stay fp32, the network's matrix products and convolutions run
+    in bf16, and its logits come back as fp32 (one tensor or a list of them), so that the inferer's blending
+    and resizing, the loss and the metrics run in fp32.
+
+    MONAI's engines do mixed precision on CUDA only (``amp``), so the bundle's configs use this for
+    ``--amp true`` on a CPU. On a CPU without native bf16 it refuses, naming the setting: there bf16 would
+    be emulated, slower than fp32.
+
+    Args:
+        inferer: the inferer to run; ``None``: ``SimpleInferer()``.
+        enabled: ``False`` runs ``inferer`` as it is.
+    """
+
+    def __init__(self, inferer: Inferer | None = None, enabled: bool = True) -> None:
+        super().__init__()
+        if enabled and not cpu_has_native_bf16():
+            raise BundleInputError(
+                "amp true on the CPU runs bf16 autocast, but this CPU has no native bf16 (AVX512-BF16 or AMX): "
+                "it would be slower than fp32. Leave amp false here."
+            )
+        self.inferer = inferer if inferer is not None else SimpleInferer()
+        self.enabled = bool(enabled)
+
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if not self.enabled:
+            return self.inferer(inputs, network, *args, **kwargs)
+
+        def mixed_precision(x: torch.Tensor, *a: Any, **k: Any) -> Any:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                outputs = network(x, *a, **k)
+            # the inferer's blending, resizing and averaging, the loss and the metrics then run in fp32
+            if isinstance(outputs, (list, tuple)):
+                return type(outputs)(o.float() for o in outputs)
+            return outputs.float()
+
+        return self.inferer(inputs, mixed_precision, *args, **kwargs)
 
 
 class SegmentationInferer(Inferer):

@@ -236,6 +236,12 @@ def _optimizer_like(optimizer: torch.optim.Optimizer | None, params: Any) -> tor
     return type(optimizer)(params, **{k: v for k, v in optimizer.defaults.items() if k in accepted})
 
 
+def _autocast(device: torch.device, amp: bool) -> Any:
+    """The run's mixed precision for the timed steps: fp16 on CUDA (MONAI's engines), bf16 on the CPU
+    (``AutocastInferer``); nothing when ``amp`` is off."""
+    return torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16, enabled=amp)
+
+
 def _median_seconds(run: Callable[[], Any], repeats: int, device: torch.device) -> float:
     """Median wall time of ``repeats`` calls of ``run`` after one warm-up call (CUDA synchronised)."""
     times = []
@@ -257,11 +263,12 @@ def _time_step(
     device: torch.device,
     optimizer: torch.optim.Optimizer | None = None,
     max_grad_norm: float = 0.0,
+    amp: bool = False,
 ) -> float:
-    """Seconds per training step (forward, loss, backward, gradient clipping when ``max_grad_norm``,
-    optimizer step), median of four after a warm-up, on ``model`` (the plan's copy of the run's network)
-    with random data and an optimizer like the run's (``optimizer``); the run's network, optimizer and
-    random state are untouched."""
+    """Seconds per training step (forward, under mixed precision when ``amp``; loss, backward, gradient
+    clipping when ``max_grad_norm``, optimizer step), median of four after a warm-up, on ``model`` (the
+    plan's copy of the run's network) with random data and an optimizer like the run's (``optimizer``);
+    the run's network, optimizer and random state are untouched."""
     model.train()
     optimizer = _optimizer_like(optimizer, model.parameters())
     loss = DeepSupervisionLoss(loss, weights=AUTHORS_DEEP_SUPERVISION)  # takes one output or a list of them
@@ -269,7 +276,9 @@ def _time_step(
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        loss(model(x), y).backward()
+        with _autocast(device, amp):
+            out = model(x)
+        loss([o.float() for o in out] if isinstance(out, (list, tuple)) else out.float(), y).backward()
         if max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
         optimizer.step()
@@ -306,16 +315,18 @@ def _time_validation_image(
     device: torch.device,
     flip_tta: bool = False,
     out_channels: int = 1,
+    amp: bool = False,
 ) -> float:
     """Seconds to validate one whole image of ``native_hw`` at ``size`` on ``model`` (the plan's copy of the
     run's network): the run's inferer (resized, the forward, with its flips when ``flip_tta``, the logits
-    resized back) and the mask (threshold, or argmax over ``out_channels`` classes); median of two after a
-    warm-up."""
+    resized back) and the mask (threshold, or argmax over ``out_channels`` classes), under mixed precision
+    when ``amp``; median of two after a warm-up."""
     model.eval()
     inferer = SegmentationInferer(image_size=size, flip_tta=flip_tta)
 
     def validate() -> None:
-        logits = inferer(x, model)  # then what prediction_postprocessing does
+        with _autocast(device, amp):
+            logits = inferer(x, model).float()  # then what prediction_postprocessing does
         (torch.sigmoid(logits) > 0.5).float() if out_channels == 1 else torch.softmax(logits, 1).argmax(1)
 
     with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -494,6 +505,7 @@ def plan_training(
     sample_transforms: Mapping[str, Sequence[Callable]] | None = None,
     max_grad_norm: float = 0.0,
     flip_tta: Any = AUTO,
+    amp: bool = False,
 ) -> TrainingPlan:
     """Resolve the ``auto`` settings of a training run from its data and device (see the module
     docstring), write ``output_dir/plan.json`` and log the plan. Given settings are kept as given.
@@ -502,8 +514,8 @@ def plan_training(
     same scale. ``optimizer`` (the run's) sets the class and settings of the optimizer in the timed steps;
     ``sample_transforms`` (``{"whole_image": [...], "patch": [...]}``, the random transforms each training
     sample gets after the cache) are timed on copies, and their cost per sample joins the step's; the timed
-    steps clip gradients as the run does when ``max_grad_norm`` > 0.
-    The plan is written by :func:`write_plan` when training starts, not here."""
+    steps clip gradients as the run does when ``max_grad_norm`` > 0, and run under its mixed precision when
+    ``amp`` (fp16 on CUDA, bf16 on the CPU). The plan is written by :func:`write_plan` when training starts, not here."""
     given = check_planned_settings(
         image_size, roi_size, batch_size, crops_per_image, max_epochs, time_budget_minutes, intensity,
         deep_supervision_weights, flip_tta, val_interval,
@@ -538,6 +550,7 @@ def plan_training(
                 optimizer,
                 sample_transforms,
                 max_grad_norm,
+                amp,
             )
         if "intensity" not in given and not (resume and path.is_file()):
             plan.intensity = "imagenet" if pretrained else "minmax"
@@ -602,6 +615,7 @@ def _make_plan(
     optimizer: torch.optim.Optimizer | None = None,
     sample_transforms: Mapping[str, Sequence[Callable]] | None = None,
     max_grad_norm: float = 0.0,
+    amp: bool = False,
 ) -> TrainingPlan:
     train, val = list(datalists["training"]), list(datalists.get("validation") or [])
     fp = fingerprint(train, out_channels)
@@ -657,11 +671,15 @@ def _make_plan(
     def time_epoch(size: Sequence[int], batch: int, views: int) -> Dict[str, float]:
         """The timed pieces of an epoch at ``size``: a step (network, loss, optimizer; random data) with the
         random transforms of its ``batch * views`` samples, the epoch's steps, and one validation."""
-        network_step = _time_step(probe, loss, batch * views, in_channels, size, device, optimizer, max_grad_norm)
+        network_step = _time_step(
+            probe, loss, batch * views, in_channels, size, device, optimizer, max_grad_norm, amp
+        )
         transforms = (sample_transforms or {}).get("whole_image" if whole_image else "patch", [])
         step = network_step + batch * views * _time_sample_transforms(transforms, in_channels, size)
         if whole_image:  # at native size: the resizes and the threshold cost more than a small forward
-            val_image = _time_validation_image(probe, in_channels, size, median_hw, device, flip_tta, out_channels)
+            val_image = _time_validation_image(
+                probe, in_channels, size, median_hw, device, flip_tta, out_channels, amp
+            )
         else:  # sliding windows: a forward is about a third of a training step
             windows = _windows(median_hw, size) * SegmentationInferer(roi_size=size, flip_tta=flip_tta).views()
             val_image = windows * network_step / 3.0 / (batch * views)

@@ -199,8 +199,9 @@ class DSTransUNet(nn.Module):
 
     In training on large maps (the fine branch's first token map of 4 MiB or more, e.g. ``base``
     at 512 px), cheap activations are recomputed in backward rather than stored (window attention,
-    the pre-norm MLPs, the full-resolution conv stages; ``bundle.networks.memory``); on smaller ones
-    storing them is faster. ``use_checkpoint`` recomputes everything, at any size. Export with ``torch.jit.trace`` (MONAI's ``PatchEmbed`` cannot be
+    the pre-norm MLPs, the conv stem and the half-resolution decoder stage; ``bundle.networks.memory``);
+    on smaller ones storing them is faster. ``use_checkpoint`` recomputes every block, at any size, but
+    the last decoder stage and the head: their backward runs first, while everything stored is still held. Export with ``torch.jit.trace`` (MONAI's ``PatchEmbed`` cannot be
     scripted in 2D; the trace fixes the padding, so sides must be multiples of 64) or with
     ``torch.export`` / ``torch.onnx.export(..., dynamo=True)``, which keep batch, height and width
     symbolic (any size), in eval mode under ``torch.no_grad()``.
@@ -247,8 +248,8 @@ class DSTransUNet(nn.Module):
             ``[main, aux_deep, aux_quarter]`` for ``monai.losses.DeepSupervisionLoss``.
         aux_relu: put a ReLU on the auxiliary logits, as the authors' code does (a bug: it keeps
             their sigmoid at or above 0.5); only to reproduce their model.
-        use_checkpoint: activation checkpointing of every Swin block, TIF, skip block and decoder stage,
-            as MONAI's ``SwinUNETR(use_checkpoint=True)``; on the CPU with glibc it also hands freed
+        use_checkpoint: activation checkpointing of every Swin block, TIF, skip block and decoder stage but
+            the last (see above), as MONAI's ``SwinUNETR(use_checkpoint=True)``; on the CPU with glibc it also hands freed
             heap memory back to the OS during backward (see ``bundle.networks.memory``).
         fine_weights: an ImageNet Swin (V1) classification checkpoint for the fine branch, in the
             Microsoft, timm, torchvision or Hugging Face layout (the paper: Swin-B,
@@ -447,7 +448,8 @@ class DSTransUNet(nn.Module):
     # -- forward -----------------------------------------------------------------------------
     def _run(self, module: Callable[..., Any], *args: torch.Tensor, cheap: bool = False) -> Any:
         """Run ``module``, recomputing it in backward under ``use_checkpoint``, or when it is ``cheap``
-        (a full-resolution conv stage, whose activations are large and FLOPs few) and the maps are large."""
+        (a conv stage at full or half resolution, whose activations are large and FLOPs few) and the maps
+        are large."""
         if self.training and (recomputes(self.use_checkpoint) or (cheap and recomputes(cheap=True))):
             out = checkpoint(module, *args)
             return release_heap_in_backward(out) if self.use_checkpoint else out
