@@ -161,6 +161,24 @@ def test_multi_class_label_maps(tmp_path):
     assert mask.shape == (70, 90) and set(np.unique(mask)) <= {0, 1, 2}
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available() or not torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+                    reason="this CPU has no native bf16 (AVX512-BF16 or AMX): --amp true refuses to run on it")
+def test_cpu_mixed_precision_trains_evaluates_and_infers(tmp_path):
+    """--amp true on the CPU: training, validation and inference run the network under bf16 autocast
+    (the plan and the log say so) and every saved output is fp32: the weights, the metrics, the masks."""
+    root = tmp_path / "b"
+    result = run_bundle(train_args(root, "--max_epochs", "1", "--amp", "true"))
+    state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+    assert re.search(r"val_mean_dice: [0-9.]+", result.stdout + result.stderr)
+    out = tmp_path / "out"
+    inputs = json.loads((root / "runs" / "train" / "datalist.json").read_text())["test"][0]["image"]
+    run_bundle(["--config_file", "configs/inference.yaml", "--bundle_root", root, "--amp", "true",
+                "--inputs", inputs, "--output_dir", out])  # fmt: skip
+    mask = np.asarray(Image.open(next(out.glob("*_mask.png"))))
+    assert mask.shape == np.asarray(Image.open(inputs)).shape[:2] and set(np.unique(mask)) <= {0, 255}
+
+
 def _link_pairs(pairs, target: Path) -> Path:
     """A small dataset folder of symbolic links to real pairs (real data is never copied)."""
     (target / "images").mkdir(parents=True)

@@ -161,6 +161,8 @@ BAD_SETTINGS = [
     (["--ema_fraction", "1.5"], "--ema_fraction 1.5: give a number at least 0 and at most 1."),
     (["--roi_size", "[0, 0]"], "--roi_size [0, 0]: give auto, [height, width] in pixels."),
     (["--fine_weights", "/nowhere/swin.pth"], "Swin weights file not found: /nowhere/swin.pth"),
+    (["--amp", "maybe"], "--amp 'maybe': give true or false."),
+    (["--resume", "maybe"], "--resume 'maybe': give true or false."),
 ]
 
 
@@ -198,6 +200,43 @@ def test_bad_settings_are_one_line_each(args, message):
     finally:
         os.chdir(cwd)
     assert str(find_input_error(error.value)) == message
+
+
+def test_the_words_true_and_false_from_the_command_line_mean_what_they_say(tmp_path):
+    """fire passes --resume false as the string 'false', which Python reads as true: every consumer of a
+    true/false setting reads the words (a fresh run given --resume false starts, it does not look for a
+    checkpoint), and the config's mixed-precision switches are off for --amp false."""
+    from monai.bundle import ConfigParser
+
+    from bundle.data.datalists import prepare_training_datalist
+    from bundle.workflows.checkpoints import ResumeCheckpointLoader
+    from bundle.workflows.settings import flag
+
+    assert [flag("x", v) for v in ("true", "false", " True", "FALSE", True, False)] == [True, False, True, False, True, False]
+    assert ResumeCheckpointLoader(tmp_path / "none.pt", {}, resume="false").resume is False
+    with pytest.raises(BundleInputError, match="--resume true but there is no checkpoint"):
+        ResumeCheckpointLoader(tmp_path / "none.pt", {}, resume="true")
+    lists = prepare_training_datalist(tmp_path / "out", resume="false", demo_dir=tmp_path / "demo", demo_count=6)
+    assert sum(len(v) for v in lists.values()) == 6
+    parser = ConfigParser()
+    parser.read_config(REPO / "configs" / "train.yaml")
+    parser["amp"], parser["device"] = "false", "cuda"
+    assert parser.get_parsed_content("cuda_amp") is False and parser.get_parsed_content("cpu_amp") is False
+
+
+def test_cpu_mixed_precision_without_native_bf16_is_one_line(monkeypatch):
+    """--amp true on a CPU that would emulate bf16 (slower than fp32) stops before any data are read."""
+    from monai.bundle import ConfigParser
+
+    from bundle.workflows import inferers
+
+    monkeypatch.setattr(inferers, "cpu_has_native_bf16", lambda: False)
+    parser = ConfigParser()
+    parser.read_config(REPO / "configs" / "train.yaml")
+    parser["amp"], parser["device"] = True, "cpu"
+    with pytest.raises(Exception) as error:
+        parser.get_parsed_content("check_settings")
+    assert str(find_input_error(error.value)).startswith("--amp true on the CPU runs bf16 autocast, but this CPU has no")
 
 
 @pytest.mark.parametrize("args", [BAD_SETTINGS[0][0], BAD_SETTINGS[3][0]])

@@ -18,7 +18,7 @@ from PIL import Image
 from bundle.errors import BundleInputError
 from bundle.workflows.averaging import WeightAverage, WeightAverageHandler
 from bundle.workflows.handlers import GradientClipHandler, LargestComponentDecision, TimeBudgetHandler
-from bundle.workflows.inferers import SegmentationInferer
+from bundle.workflows.inferers import AutocastInferer, SegmentationInferer
 from bundle.workflows.planning import CANDIDATE_SIZES, RecordedPlan, fingerprint, plan_training, read_plan, write_plan
 from bundle.data.transforms import LargestComponentd
 
@@ -328,6 +328,32 @@ def test_the_network_sees_a_plain_tensor_and_the_logits_keep_the_metadata():
         assert seen and all(t is torch.Tensor for t in seen)
         assert isinstance(out, MetaTensor) and out.shape == (2, 1, 40, 30)
         assert [item.meta["filename_or_obj"] for item in decollate_batch(out)] == ["a.png", "b.png"]
+
+
+def test_autocast_inferer_runs_the_network_in_bf16_and_returns_fp32(monkeypatch):
+    """--amp true on a CPU: the network's matrix work in bf16, its logits back in fp32 before the inferer
+    blends or resizes them; off, the inferer as it is; on a CPU without native bf16, one clear error."""
+    from bundle.workflows import inferers
+
+    seen = []
+
+    def network(x):
+        out = torch.nn.functional.conv2d(x, torch.ones(2, 3, 1, 1))
+        seen.append(out.dtype)
+        return [out[:, :1], out[:, 1:]] if x.shape[0] == 3 else out
+
+    image = torch.rand(1, 3, 40, 30)
+    monkeypatch.setattr(inferers, "cpu_has_native_bf16", lambda: True)
+    out = AutocastInferer(SegmentationInferer(roi_size=[16, 16]))(image, network)
+    assert seen == [torch.bfloat16] * len(seen) and out.dtype == torch.float32 and out.shape == (1, 2, 40, 30)
+    outs = AutocastInferer()(torch.rand(3, 3, 8, 8), network)  # training: MONAI's SimpleInferer, deep supervision
+    assert isinstance(outs, list) and all(o.dtype == torch.float32 for o in outs)
+    seen.clear()
+    assert AutocastInferer(enabled=False)(image, network).dtype == torch.float32 and seen == [torch.float32]
+    monkeypatch.setattr(inferers, "cpu_has_native_bf16", lambda: False)
+    AutocastInferer(enabled=False)  # off: nothing to check
+    with pytest.raises(BundleInputError, match="amp"):
+        AutocastInferer()
 
 
 def test_gradient_clip_handler_limits_the_norm():

@@ -31,6 +31,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple, Union
 from bundle.data.demo import DEMO_NOTICE, make_demo_dataset
 from bundle.data.image_files import IMAGE_SUFFIXES, ImageInfo, read_array, read_info, split_name
 from bundle.errors import BundleInputError
+from bundle.workflows.settings import flag
 from bundle.files import write_json_atomically
 
 __all__ = [
@@ -300,6 +301,7 @@ def prepare_training_datalist(
     """
     output_dir = Path(output_dir)
     split_file = output_dir / SPLIT_FILE
+    resume = flag("resume", resume)
     if dataset_dir and datalist:
         raise BundleInputError("give either --dataset_dir or --datalist, not both.")
     if resume and split_file.is_file():

@@ -33,6 +33,7 @@ from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
 from bundle.errors import BundleInputError
+from bundle.workflows.settings import flag
 from bundle.files import atomic_write
 
 __all__ = [
@@ -218,7 +219,7 @@ class ResumeCheckpointLoader:
         load_engine_as: str | None = "trainer",
         map_location: Any = None,
     ) -> None:
-        self.resume = bool(resume)
+        self.resume = flag("resume", resume)
         self.load_path = Path(load_path)
         self.load_dict = {k: v for k, v in load_dict.items() if v is not None}
         self.optional = set(optional)

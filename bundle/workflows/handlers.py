@@ -40,6 +40,8 @@ from ignite.handlers import ProgressBar, TerminateOnNan
 from monai.engines.utils import IterationEvents
 from monai.handlers import ValidationHandler
 
+from bundle.workflows.settings import flag
+
 __all__ = [
     "PeriodicValidationHandler",
     "TimeBudgetHandler",
@@ -385,7 +387,7 @@ class RunRecordWriter:
         self.ckpt_dir = Path(ckpt_dir) if ckpt_dir else None
         self.output_dir = Path(output_dir)
         self.datalists, self.plan = datalists, plan
-        self.dataset_dir, self.datalist, self.resume = dataset_dir, datalist, resume
+        self.dataset_dir, self.datalist, self.resume = dataset_dir, datalist, flag("resume", resume)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self)

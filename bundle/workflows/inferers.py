@@ -42,14 +42,24 @@ from monai.data import MetaTensor
 from monai.inferers import Inferer, SimpleInferer, SlidingWindowInferer
 
 from bundle.errors import BundleInputError
+from bundle.workflows.settings import flag
 
-__all__ = ["AutocastInferer", "SegmentationInferer", "cpu_has_native_bf16"]
+__all__ = ["AutocastInferer", "SegmentationInferer", "check_cpu_bf16", "cpu_has_native_bf16"]
 
 
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX, through oneDNN): elsewhere bf16
     autocast is emulated and slower than fp32."""
     return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def check_cpu_bf16() -> None:
+    """Refuse ``--amp true`` on a CPU without native bf16, in one line naming the setting."""
+    if not cpu_has_native_bf16():
+        raise BundleInputError(
+            "--amp true on the CPU runs bf16 autocast, but this CPU has no native bf16 (AVX512-BF16 or AMX): "
+            "it would be slower than fp32. Leave amp false here."
+        )
 
 
 class AutocastInferer(Inferer):
@@ -69,13 +79,11 @@ class AutocastInferer(Inferer):
 
     def __init__(self, inferer: Inferer | None = None, enabled: bool = True) -> None:
         super().__init__()
-        if enabled and not cpu_has_native_bf16():
-            raise BundleInputError(
-                "amp true on the CPU runs bf16 autocast, but this CPU has no native bf16 (AVX512-BF16 or AMX): "
-                "it would be slower than fp32. Leave amp false here."
-            )
+        enabled = flag("amp", enabled)
+        if enabled:
+            check_cpu_bf16()
         self.inferer = inferer if inferer is not None else SimpleInferer()
-        self.enabled = bool(enabled)
+        self.enabled = enabled
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if not self.enabled:

@@ -63,6 +63,7 @@ import torch.nn.functional as F
 from monai.losses import DeepSupervisionLoss
 
 from bundle.errors import BundleInputError
+from bundle.workflows.settings import flag
 from bundle.data.image_files import read_array, read_info
 from bundle.data.transforms import binarize_mask
 from bundle.workflows.inferers import SegmentationInferer
@@ -145,11 +146,10 @@ def _size_setting(name: str, value: Any, allow_none: bool) -> List[int] | None:
 
 
 def _flag_setting(name: str, value: Any) -> bool:
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        value = value.strip().lower() == "true"  # the command line gives the word, not YAML's boolean
-    if not isinstance(value, bool):
-        raise BundleInputError(f"--{name} {value!r}: give auto, true or false.")
-    return value
+    try:
+        return flag(name, value)
+    except BundleInputError:
+        raise BundleInputError(f"--{name} {value!r}: give auto, true or false.") from None
 
 
 def _count_setting(name: str, value: Any) -> int:
@@ -520,6 +520,7 @@ def plan_training(
         image_size, roi_size, batch_size, crops_per_image, max_epochs, time_budget_minutes, intensity,
         deep_supervision_weights, flip_tta, val_interval,
     )
+    resume, amp = flag("resume", resume), flag("amp", amp)
     path = Path(output_dir) / PLAN_FILE
     main = _world_size() == 1 or torch.distributed.get_rank() == 0
     plan: TrainingPlan | None = None

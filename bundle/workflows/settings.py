@@ -28,7 +28,7 @@ from typing import Any, Iterator, Sequence
 
 from bundle.errors import BundleInputError
 
-__all__ = ["check_command_line_ids", "check_training_settings", "MONAI_RUN_ARGUMENTS"]
+__all__ = ["check_command_line_ids", "check_training_settings", "flag", "MONAI_RUN_ARGUMENTS"]
 
 # arguments of monai.bundle's `run` itself, not config ids
 MONAI_RUN_ARGUMENTS = {
@@ -83,6 +83,17 @@ def _constructor_ids(node: Any, prefix: str = "") -> Iterator[str]:
         yield from (f"{prefix}#{p}" if prefix else p for p in parameters if p not in ("self", "args", "kwargs"))
     for name, value in _children(node, prefix):
         yield from _constructor_ids(value, name)
+
+
+def flag(name: str, value: Any) -> bool:
+    """A true/false setting as YAML gives it (a boolean) or as the command line does: MONAI's CLI parses
+    ``--resume false`` with fire, which passes the word ``'false'`` as a string (and ``bool('false')`` is
+    true). Anything else is a :class:`BundleInputError` naming the setting."""
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    if isinstance(value, bool):
+        return value
+    raise BundleInputError(f"--{name} {value!r}: give true or false.")
 
 
 def _is_bundle_cli(argv: Sequence[str]) -> bool:
@@ -160,15 +171,22 @@ def check_training_settings(
     seed: Any = 0,
     weights: Sequence[Any] = (),
     planned: dict | None = None,
+    amp: Any = False,
+    device: Any = "cpu",
+    resume: Any = False,
 ) -> bool:
     """Check a training run's settings; each bad one is a :class:`BundleInputError` naming it.
 
     ``weights`` are weight files that must exist (``fine_weights``, ``coarse_weights``); ``planned``
     the settings the plan resolves (``image_size``, ``roi_size``, ``batch_size``, ``crops_per_image``,
     ``max_epochs``, ``time_budget_minutes``, ``intensity``, ``deep_supervision_weights``, ``flip_tta``,
-    ``val_interval``), checked as the plan checks them.
+    ``val_interval``), checked as the plan checks them. ``amp`` and ``resume`` are true or false (the
+    words, as the command line gives them, or booleans); ``amp`` on a CPU ``device`` needs native bf16.
     """
+    import torch
+
     from bundle.networks.nets.ds_transunet import PRESETS
+    from bundle.workflows.inferers import check_cpu_bf16
     from bundle.workflows.planning import check_planned_settings
 
     _number("learning_rate", learning_rate, 0.0, low_open=True)
@@ -196,6 +214,9 @@ def check_training_settings(
     for path in weights:
         if path and not Path(os.fspath(path)).expanduser().is_file():
             raise BundleInputError(f"Swin weights file not found: {path}")
+    flag("resume", resume)
+    if flag("amp", amp) and torch.device(device).type == "cpu":
+        check_cpu_bf16()
     if planned is not None:
         check_planned_settings(**planned)
     return True
