@@ -163,6 +163,28 @@ def _train_step(model: nn.Module, inputs: Any, autocast: Any = None) -> None:
     model.zero_grad(set_to_none=True)
 
 
+def _bf16_differences(model: nn.Module, inputs: Any) -> Dict[str, float]:
+    """How far one training step under bf16 autocast is from fp32 on the same weights and input: the
+    relative L2 difference of the main logits and of all gradients (drop path off, so both see one network)."""
+    for module in model.modules():  # the same stochastic depth in both steps: none
+        if type(module).__name__ == "DropPath":
+            module.drop_prob = 0.0
+    model.train()
+    found: Dict[str, List[torch.Tensor]] = {}
+    for precision in ("fp32", "bf16"):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            outs = model(*inputs)
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        _outputs_sum(outs).backward()
+        found[precision] = [outs[0].detach().float(), torch.cat([p.grad.flatten() for p in model.parameters()])]
+        model.zero_grad(set_to_none=True)
+
+    def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((a - b).norm() / b.norm())
+
+    return {"logits_rel": rel(found["bf16"][0], found["fp32"][0]), "grads_rel": rel(found["bf16"][1], found["fp32"][1])}
+
+
 def _profile_rows(step: Callable[[], None], rows: int) -> List[Dict[str, Any]]:
     """The operators taking the most time in one ``step()`` (self CPU time, torch.profiler)."""
     from torch.profiler import ProfilerActivity, profile
@@ -226,6 +248,8 @@ def run_case(case: Dict[str, Any]) -> Dict[str, Any]:
         return {"gflops_per_s": 2 * 2048**3 / statistics.median(times[1:]) / 1e9}
     model, inputs = _build(case)
     result: Dict[str, Any] = {"params_m": sum(p.numel() for p in model.parameters()) / 1e6}
+    if case["mode"] == "precision":
+        return dict(result, **_bf16_differences(model, inputs))
     if case["mode"] == "forward":
         model.eval()
         grad: Any = torch.no_grad
@@ -525,6 +549,26 @@ def main() -> None:
             f"{_fmt(fwd.get('gflops', '-'), '.1f')} forward GFLOPs (their TIF materialises its attention), inference "
             f"{_fmt(fwd.get('seconds', fwd.get('error')), '.2f')} s.",
         ]
+
+    # 3b. what bf16 changes in one training step (the accuracy effect on real data: docs/recipe.md)
+    sizes = [64] if args.quick else [256, 512]
+    lines += [
+        "",
+        "## What bf16 changes",
+        "",
+        "One training step of DSTransUNet `base` (random weights, seed 0, drop path off) under bf16 autocast "
+        "against fp32 on the same weights and input: the relative L2 difference of the main logits and of all "
+        "parameter gradients. What it does to a trained model's Dice on real data is in docs/recipe.md.",
+        "",
+        "| input | logits, relative difference | gradients, relative difference |",
+        "|---|---|---|",
+    ]
+    for size in sizes:
+        found = measure(dict(common, kind="ds", preset="base", mode="precision", size=size), {})
+        print("bf16 differences", size, found, flush=True)
+        lines.append(
+            f"| {size} | {_fmt(found.get('logits_rel', found.get('error')), '.4f')} | {_fmt(found.get('grads_rel', '-'), '.4f')} |"
+        )
 
     # 4. what the cheap recomputation buys, at the sizes where the network switches it on and off
     recompute_cases = (
