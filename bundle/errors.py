@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import sys
 from types import TracebackType
-from typing import Type
+from typing import Any, Type
 
-__all__ = ["BundleInputError", "find_input_error", "install_cli_error_hook"]
+__all__ = ["BundleInputError", "find_input_error", "flag", "install_cli_error_hook"]
 
 
 class BundleInputError(ValueError):
@@ -43,6 +43,17 @@ def find_input_error(exc: BaseException | None) -> Exception | None:
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def flag(name: str, value: Any) -> bool:
+    """A true/false setting as YAML gives it (a boolean) or as the command line does: MONAI's CLI parses
+    ``--resume false`` with fire, which passes the word ``'false'`` as a string (and ``bool('false')`` is
+    true). Anything else is a :class:`BundleInputError` naming the setting."""
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    if isinstance(value, bool):
+        return value
+    raise BundleInputError(f"--{name} {value!r}: give true or false.")
 
 
 def install_cli_error_hook() -> bool:

@@ -210,7 +210,7 @@ def test_the_words_true_and_false_from_the_command_line_mean_what_they_say(tmp_p
 
     from bundle.data.datalists import prepare_training_datalist
     from bundle.workflows.checkpoints import ResumeCheckpointLoader
-    from bundle.workflows.settings import flag
+    from bundle.errors import flag
 
     assert [flag("x", v) for v in ("true", "false", " True", "FALSE", True, False)] == [True, False, True, False, True, False]
     assert ResumeCheckpointLoader(tmp_path / "none.pt", {}, resume="false").resume is False

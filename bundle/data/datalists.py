@@ -30,8 +30,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple, Union
 
 from bundle.data.demo import DEMO_NOTICE, make_demo_dataset
 from bundle.data.image_files import IMAGE_SUFFIXES, ImageInfo, read_array, read_info, split_name
-from bundle.errors import BundleInputError
-from bundle.workflows.settings import flag
+from bundle.errors import BundleInputError, flag
 from bundle.files import write_json_atomically
 
 __all__ = [

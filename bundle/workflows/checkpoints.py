@@ -32,8 +32,7 @@ from ignite.engine import Engine
 from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
-from bundle.errors import BundleInputError
-from bundle.workflows.settings import flag
+from bundle.errors import BundleInputError, flag
 from bundle.files import atomic_write
 
 __all__ = [

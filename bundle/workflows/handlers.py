@@ -40,7 +40,7 @@ from ignite.handlers import ProgressBar, TerminateOnNan
 from monai.engines.utils import IterationEvents
 from monai.handlers import ValidationHandler
 
-from bundle.workflows.settings import flag
+from bundle.errors import flag
 
 __all__ = [
     "PeriodicValidationHandler",

@@ -41,8 +41,7 @@ import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.inferers import Inferer, SimpleInferer, SlidingWindowInferer
 
-from bundle.errors import BundleInputError
-from bundle.workflows.settings import flag
+from bundle.errors import BundleInputError, flag
 
 __all__ = ["AutocastInferer", "SegmentationInferer", "check_cpu_bf16", "cpu_has_native_bf16"]
 

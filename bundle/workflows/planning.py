@@ -62,8 +62,7 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DeepSupervisionLoss
 
-from bundle.errors import BundleInputError
-from bundle.workflows.settings import flag
+from bundle.errors import BundleInputError, flag
 from bundle.data.image_files import read_array, read_info
 from bundle.data.transforms import binarize_mask
 from bundle.workflows.inferers import SegmentationInferer

@@ -26,9 +26,9 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from bundle.errors import BundleInputError
+from bundle.errors import BundleInputError, flag
 
-__all__ = ["check_command_line_ids", "check_training_settings", "flag", "MONAI_RUN_ARGUMENTS"]
+__all__ = ["check_command_line_ids", "check_training_settings", "MONAI_RUN_ARGUMENTS"]
 
 # arguments of monai.bundle's `run` itself, not config ids
 MONAI_RUN_ARGUMENTS = {
@@ -83,17 +83,6 @@ def _constructor_ids(node: Any, prefix: str = "") -> Iterator[str]:
         yield from (f"{prefix}#{p}" if prefix else p for p in parameters if p not in ("self", "args", "kwargs"))
     for name, value in _children(node, prefix):
         yield from _constructor_ids(value, name)
-
-
-def flag(name: str, value: Any) -> bool:
-    """A true/false setting as YAML gives it (a boolean) or as the command line does: MONAI's CLI parses
-    ``--resume false`` with fire, which passes the word ``'false'`` as a string (and ``bool('false')`` is
-    true). Anything else is a :class:`BundleInputError` naming the setting."""
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    if isinstance(value, bool):
-        return value
-    raise BundleInputError(f"--{name} {value!r}: give true or false.")
 
 
 def _is_bundle_cli(argv: Sequence[str]) -> bool:
