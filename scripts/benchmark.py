@@ -396,6 +396,10 @@ def gpu_section(results_path: str) -> List[str]:
         return lines + report(json.load(f)).splitlines()
 
 
+# the page's sections, in order (--sections runs a subset)
+SECTIONS = ("tif", "presets", "authors", "bf16", "recompute", "profile", "heap")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default=os.path.join(REPO, "docs", "benchmarks.md"))
@@ -414,8 +418,19 @@ def main() -> None:
         action="store_true",
         help="only count the FLOPs of the TIF and preset cases (no timing) and print them as JSON",
     )
+    parser.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"comma-separated subset of {','.join(SECTIONS)} (a subset needs --output: it is not the whole page)",
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    sections = [name.strip() for name in args.sections.split(",") if name.strip()]
+    unknown = [name for name in sections if name not in SECTIONS]
+    if unknown:
+        parser.error(f"--sections: unknown {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    if set(sections) != set(SECTIONS) and "--output" not in sys.argv:
+        parser.error("--sections with a subset writes a partial page: give --output (not docs/benchmarks.md)")
     if args.worker:
         print(json.dumps(run_case(json.loads(args.worker))))
         return
@@ -447,66 +462,69 @@ def main() -> None:
         "",
     ]
 
+    authors = dict(kind="authors", authors_code=os.path.abspath(args.authors_code)) if args.authors_code else {}
+
     # 1. TIF against the naive einsum TIF (same math, same parameters)
-    sides = _tif_sides(args.quick)
-    lines += [
-        "## TIF vs. a naive einsum TIF",
-        "",
-        "`TIF(64, 64)` against `NaiveTIF` (the seed's math with a materialised N x N attention matrix, "
-        "in this script), forward + backward, batch 2, 64 channels, both maps with the given tokens, all fp32 "
-        "but the last two columns. *TIF GFLOP/s* is the forward and backward FLOPs (FlopCounterMode, with the CPU "
-        "flash-attention kernels counted) over TIF's time.",
-        "",
-        "| tokens | naive s | TIF s | speed-up | naive step MB | TIF step MB | memory ratio | TIF process peak MB "
-        "| TIF GFLOP/s | TIF bf16 s | bf16 speed-up over naive |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for side in sides:
-        case = dict(common, mode="train", channels=64, tokens_side=side, batch=2)
-        if side > args.naive_max_side:  # the naive TIF's attention matrices outgrow the machine
-            naive = {"error": f"not run (> {args.naive_max_side} x {args.naive_max_side})"}
-        else:
-            naive = measure(dict(case, kind="naive_tif"), {})
-        ours = measure(dict(case, kind="tif", flops=True), {})
-        ours_bf16 = measure(dict(case, kind="tif", precision="bf16"), {})
-        print("TIF", side, naive, ours, ours_bf16, flush=True)
-        lines.append(
-            f"| {side} x {side} | {_seconds(naive, '.3f')} | {_seconds(ours, '.3f')} | {_speedup(naive, ours, '.1f')} "
-            f"| {_fmt(naive.get('step_mb', '-'), '.0f')} | {_fmt(ours.get('step_mb', '-'), '.0f')} "
-            f"| {_ratio(naive, ours, 'step_mb')} | {_fmt(ours.get('peak_mb', '-'), '.0f')} "
-            f"| {_fmt(ours['gflops'] / ours['seconds'] if 'gflops' in ours and 'seconds' in ours else '-', '.0f')} "
-            f"| {_seconds(ours_bf16, '.3f')} | {_speedup(naive, ours_bf16, '.1f')} |"
-        )
+    if "tif" in sections:
+        sides = _tif_sides(args.quick)
+        lines += [
+            "## TIF vs. a naive einsum TIF",
+            "",
+            "`TIF(64, 64)` against `NaiveTIF` (the seed's math with a materialised N x N attention matrix, "
+            "in this script), forward + backward, batch 2, 64 channels, both maps with the given tokens, all fp32 "
+            "but the last two columns. *TIF GFLOP/s* is the forward and backward FLOPs (FlopCounterMode, with the CPU "
+            "flash-attention kernels counted) over TIF's time.",
+            "",
+            "| tokens | naive s | TIF s | speed-up | naive step MB | TIF step MB | memory ratio | TIF process peak MB "
+            "| TIF GFLOP/s | TIF bf16 s | bf16 speed-up over naive |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for side in sides:
+            case = dict(common, mode="train", channels=64, tokens_side=side, batch=2)
+            if side > args.naive_max_side:  # the naive TIF's attention matrices outgrow the machine
+                naive = {"error": f"not run (> {args.naive_max_side} x {args.naive_max_side})"}
+            else:
+                naive = measure(dict(case, kind="naive_tif"), {})
+            ours = measure(dict(case, kind="tif", flops=True), {})
+            ours_bf16 = measure(dict(case, kind="tif", precision="bf16"), {})
+            print("TIF", side, naive, ours, ours_bf16, flush=True)
+            lines.append(
+                f"| {side} x {side} | {_seconds(naive, '.3f')} | {_seconds(ours, '.3f')} | {_speedup(naive, ours, '.1f')} "
+                f"| {_fmt(naive.get('step_mb', '-'), '.0f')} | {_fmt(ours.get('step_mb', '-'), '.0f')} "
+                f"| {_ratio(naive, ours, 'step_mb')} | {_fmt(ours.get('peak_mb', '-'), '.0f')} "
+                f"| {_fmt(ours['gflops'] / ours['seconds'] if 'gflops' in ours and 'seconds' in ours else '-', '.0f')} "
+                f"| {_seconds(ours_bf16, '.3f')} | {_speedup(naive, ours_bf16, '.1f')} |"
+            )
 
     # 2. DSTransUNet presets
-    grid = _preset_grid(args.quick)
-    lines += [
-        "",
-        "## DSTransUNet presets",
-        "",
-        "Batch 1, 3 input channels, 1 class. *fwd* is inference (eval, no grad); *fwd+bwd* is one "
-        "training step's forward and backward (train mode, deep supervision on). GFLOPs count a "
-        "multiply-add as 2 (torch's FlopCounterMode); *fwd+bwd GFLOP/s* is what the training step executes "
-        "(recomputation included) over its time.",
-        "",
-        "| model | input | params (M) | GFLOPs | fwd s | fwd peak MB | fwd+bwd s | fwd+bwd peak MB | fwd+bwd GFLOP/s "
-        "| bf16 fwd+bwd s | bf16 fwd+bwd peak MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    models = [(f"DSTransUNet `{p}`", dict(kind="ds", preset=p), sizes) for p, sizes in grid]
-    if not args.quick:
-        models.append(("DSTransUNet `base`, use_checkpoint", dict(kind="ds", preset="base", checkpoint=True), [512]))
-    for label, spec, sizes in models:
-        for size in sizes:
-            fwd = measure(dict(common, **spec, mode="forward", size=size, flops=True), {})
-            train = measure(dict(common, **spec, mode="train", size=size, flops=True), {})
-            bf16 = measure(dict(common, **spec, mode="train", size=size, precision="bf16"), {})
-            print(label, size, fwd, train, bf16, flush=True)
-            lines.append(_preset_row(label, size, fwd, train, bf16))
+    if "presets" in sections:
+        grid = _preset_grid(args.quick)
+        lines += [
+            "",
+            "## DSTransUNet presets",
+            "",
+            "Batch 1, 3 input channels, 1 class. *fwd* is inference (eval, no grad); *fwd+bwd* is one "
+            "training step's forward and backward (train mode, deep supervision on). GFLOPs count a "
+            "multiply-add as 2 (torch's FlopCounterMode); *fwd+bwd GFLOP/s* is what the training step executes "
+            "(recomputation included) over its time.",
+            "",
+            "| model | input | params (M) | GFLOPs | fwd s | fwd peak MB | fwd+bwd s | fwd+bwd peak MB | fwd+bwd GFLOP/s "
+            "| bf16 fwd+bwd s | bf16 fwd+bwd peak MB |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        models = [(f"DSTransUNet `{p}`", dict(kind="ds", preset=p), sizes) for p, sizes in grid]
+        if not args.quick:
+            models.append(("DSTransUNet `base`, use_checkpoint", dict(kind="ds", preset="base", checkpoint=True), [512]))
+        for label, spec, sizes in models:
+            for size in sizes:
+                fwd = measure(dict(common, **spec, mode="forward", size=size, flops=True), {})
+                train = measure(dict(common, **spec, mode="train", size=size, flops=True), {})
+                bf16 = measure(dict(common, **spec, mode="train", size=size, precision="bf16"), {})
+                print(label, size, fwd, train, bf16, flush=True)
+                lines.append(_preset_row(label, size, fwd, train, bf16))
 
     # 3. against the authors' model: the same step, measured in alternating processes
-    if args.authors_code:
-        authors = dict(kind="authors", authors_code=os.path.abspath(args.authors_code))
+    if args.authors_code and "authors" in sections:
         sizes = [64] if args.quick else [256, 512]
         lines += [
             "",
@@ -551,79 +569,82 @@ def main() -> None:
         ]
 
     # 3b. what bf16 changes in one training step (the accuracy effect on real data: docs/recipe.md)
-    sizes = [64] if args.quick else [256, 512]
-    lines += [
-        "",
-        "## What bf16 changes",
-        "",
-        "One training step of DSTransUNet `base` (random weights, seed 0, drop path off) under bf16 autocast "
-        "against fp32 on the same weights and input: the relative L2 difference of the main logits and of all "
-        "parameter gradients. What it does to a trained model's Dice on real data is in docs/recipe.md.",
-        "",
-        "| input | logits, relative difference | gradients, relative difference |",
-        "|---|---|---|",
-    ]
-    for size in sizes:
-        found = measure(dict(common, kind="ds", preset="base", mode="precision", size=size), {})
-        print("bf16 differences", size, found, flush=True)
-        lines.append(
-            f"| {size} | {_fmt(found.get('logits_rel', found.get('error')), '.4f')} | {_fmt(found.get('grads_rel', '-'), '.4f')} |"
-        )
+    if "bf16" in sections:
+        sizes = [64] if args.quick else [256, 512]
+        lines += [
+            "",
+            "## What bf16 changes",
+            "",
+            "One training step of DSTransUNet `base` (random weights, seed 0, drop path off) under bf16 autocast "
+            "against fp32 on the same weights and input: the relative L2 difference of the main logits and of all "
+            "parameter gradients. What it does to a trained model's Dice on real data is in docs/recipe.md.",
+            "",
+            "| input | logits, relative difference | gradients, relative difference |",
+            "|---|---|---|",
+        ]
+        for size in sizes:
+            found = measure(dict(common, kind="ds", preset="base", mode="precision", size=size), {})
+            print("bf16 differences", size, found, flush=True)
+            lines.append(
+                f"| {size} | {_fmt(found.get('logits_rel', found.get('error')), '.4f')} | {_fmt(found.get('grads_rel', '-'), '.4f')} |"
+            )
 
     # 4. what the cheap recomputation buys, at the sizes where the network switches it on and off
-    recompute_cases = (
-        [("tiny", 64, 2)] if args.quick else [("tiny", 128, 8), ("base", 256, 1), ("base", 512, 1)]
-    )
-    lines += [
-        "",
-        "## What recomputation buys",
-        "",
-        "In training, DSTransUNet recomputes window attention's q/k/v, the pre-norm MLPs' hidden activations "
-        "and the conv stem and half-resolution decoder stage in backward only when its first token map has at least "
-        f"{_mib(CHEAP_RECOMPUTE_MIN_BYTES)} (`bundle/networks/memory.py`). The same training step with that "
-        "choice, with those pieces always recomputed, and never (fwd+bwd s / peak MB; `tiny` at 128 px, batch 8, "
-        "is the default recipe's step on Kvasir-SEG):",
-        "",
-        "| model | input | batch | first token map | the network's choice | always | never |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for preset, size, batch in recompute_cases:
-        found = {}
-        for mode in ("auto", "always", "never"):
-            found[mode] = measure(dict(common, kind="ds", preset=preset, mode="train", size=size, batch=batch, cheap=mode), {})
-        print("recompute", preset, size, batch, found, flush=True)
-        embed = PRESETS[preset]["embed_dim"]
-        padded = -(-size // 64) * 64
-        first_map = batch * (padded // 4) ** 2 * embed * 4
-        choice = "recomputes" if first_map >= CHEAP_RECOMPUTE_MIN_BYTES else "stores"
-        cells = [
-            f"{_fmt(r.get('seconds', r.get('error')), '.2f')} / {_fmt(r.get('peak_mb', '-'), '.0f')}" for r in found.values()
+    if "recompute" in sections:
+        recompute_cases = (
+            [("tiny", 64, 2)] if args.quick else [("tiny", 128, 8), ("base", 256, 1), ("base", 512, 1)]
+        )
+        lines += [
+            "",
+            "## What recomputation buys",
+            "",
+            "In training, DSTransUNet recomputes window attention's q/k/v, the pre-norm MLPs' hidden activations "
+            "and the conv stem and half-resolution decoder stage in backward only when its first token map has at least "
+            f"{_mib(CHEAP_RECOMPUTE_MIN_BYTES)} (`bundle/networks/memory.py`). The same training step with that "
+            "choice, with those pieces always recomputed, and never (fwd+bwd s / peak MB; `tiny` at 128 px, batch 8, "
+            "is the default recipe's step on Kvasir-SEG):",
+            "",
+            "| model | input | batch | first token map | the network's choice | always | never |",
+            "|---|---|---|---|---|---|---|",
         ]
-        lines.append(f"| `{preset}` | {size} | {batch} | {_mib(first_map)}: {choice} | " + " | ".join(cells) + " |")
+        for preset, size, batch in recompute_cases:
+            found = {}
+            for mode in ("auto", "always", "never"):
+                found[mode] = measure(dict(common, kind="ds", preset=preset, mode="train", size=size, batch=batch, cheap=mode), {})
+            print("recompute", preset, size, batch, found, flush=True)
+            embed = PRESETS[preset]["embed_dim"]
+            padded = -(-size // 64) * 64
+            first_map = batch * (padded // 4) ** 2 * embed * 4
+            choice = "recomputes" if first_map >= CHEAP_RECOMPUTE_MIN_BYTES else "stores"
+            cells = [
+                f"{_fmt(r.get('seconds', r.get('error')), '.2f')} / {_fmt(r.get('peak_mb', '-'), '.0f')}" for r in found.values()
+            ]
+            lines.append(f"| `{preset}` | {size} | {batch} | {_mib(first_map)}: {choice} | " + " | ".join(cells) + " |")
 
     # 5. where a training step's time goes (torch.profiler), ours and the authors'
-    profile_size = 64 if args.quick else 512
-    profiled = [("DSTransUNet `base`", dict(kind="ds", preset="base"))]
-    if args.authors_code:
-        profiled.append(("authors' `UNet(128, 1)`", authors))
-    lines += [
-        "",
-        "## Where the time goes",
-        "",
-        f"One training step at {profile_size} px, batch 1, under `torch.profiler` (self CPU time per operator, "
-        "the profiler's overhead included), after the timed steps of its process:",
-        "",
-    ]
-    for label, spec in profiled:
-        prof = measure(dict(common, **spec, mode="train", size=profile_size, repeats=1, profile=10), {})
-        print("profile", label, prof.get("error", ""), flush=True)
-        lines += [f"{label}:", "", "| operator | calls | ms | share |", "|---|---|---|---|"]
-        for row in prof.get("profile", []):
-            lines.append(f"| `{row['op']}` | {row['calls']} | {row['ms']:.0f} | {100 * row['share']:.1f}% |")
-        lines.append("")
+    if "profile" in sections:
+        profile_size = 64 if args.quick else 512
+        profiled = [("DSTransUNet `base`", dict(kind="ds", preset="base"))]
+        if args.authors_code:
+            profiled.append(("authors' `UNet(128, 1)`", authors))
+        lines += [
+            "",
+            "## Where the time goes",
+            "",
+            f"One training step at {profile_size} px, batch 1, under `torch.profiler` (self CPU time per operator, "
+            "the profiler's overhead included), after the timed steps of its process:",
+            "",
+        ]
+        for label, spec in profiled:
+            prof = measure(dict(common, **spec, mode="train", size=profile_size, repeats=1, profile=10), {})
+            print("profile", label, prof.get("error", ""), flush=True)
+            lines += [f"{label}:", "", "| operator | calls | ms | share |", "|---|---|---|---|"]
+            for row in prof.get("profile", []):
+                lines.append(f"| `{row['op']}` | {row['calls']} | {row['ms']:.0f} | {100 * row['share']:.1f}% |")
+            lines.append("")
 
     # 6. the 512 training step under glibc's fixed mmap threshold (freed memory goes back to the OS)
-    if not args.quick:
+    if not args.quick and "heap" in sections:
         lines += [
             "## The 512 x 512 training step with and without heap fragmentation",
             "",
