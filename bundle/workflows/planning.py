@@ -65,7 +65,7 @@ from monai.losses import DeepSupervisionLoss
 from bundle.errors import BundleInputError, flag
 from bundle.data.image_files import read_array, read_info
 from bundle.data.transforms import binarize_mask
-from bundle.workflows.inferers import SegmentationInferer
+from bundle.workflows.inferers import AutocastInferer, SegmentationInferer
 
 __all__ = ["TrainingPlan", "plan_training", "read_plan", "update_plan", "fingerprint", "PLAN_FILE"]
 
@@ -235,10 +235,14 @@ def _optimizer_like(optimizer: torch.optim.Optimizer | None, params: Any) -> tor
     return type(optimizer)(params, **{k: v for k, v in optimizer.defaults.items() if k in accepted})
 
 
-def _autocast(device: torch.device, amp: bool) -> Any:
-    """The run's mixed precision for the timed steps: fp16 on CUDA (MONAI's engines), bf16 on the CPU
-    (``AutocastInferer``); nothing when ``amp`` is off."""
-    return torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16, enabled=amp)
+def _mixed_precision(device: torch.device, amp: bool, inferer: Any = None) -> tuple:
+    """The run's mixed precision for the timed steps, as the run applies it: on CUDA MONAI's engines
+    autocast the inferer call (fp16); on the CPU the configs wrap the inferer in ``AutocastInferer``
+    (bf16). Returns the context to run the inferer in and the inferer (``inferer``, default MONAI's
+    ``SimpleInferer``)."""
+    cuda = device.type == "cuda"
+    context = torch.autocast("cuda", dtype=torch.float16, enabled=amp and cuda)
+    return context, AutocastInferer(inferer, enabled=amp and not cuda)
 
 
 def _median_seconds(run: Callable[[], Any], repeats: int, device: torch.device) -> float:
@@ -273,11 +277,13 @@ def _time_step(
     loss = DeepSupervisionLoss(loss, weights=AUTHORS_DEEP_SUPERVISION)  # takes one output or a list of them
     out_channels = getattr(model, "out_channels", 1)
 
+    context, forward = _mixed_precision(device, amp)
+
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        with _autocast(device, amp):
-            out = model(x)
-        loss([o.float() for o in out] if isinstance(out, (list, tuple)) else out.float(), y).backward()
+        with context:
+            value = loss(forward(x, model), y)
+        value.backward()
         if max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
         optimizer.step()
@@ -321,10 +327,10 @@ def _time_validation_image(
     resized back) and the mask (threshold, or argmax over ``out_channels`` classes), under mixed precision
     when ``amp``; median of two after a warm-up."""
     model.eval()
-    inferer = SegmentationInferer(image_size=size, flip_tta=flip_tta)
+    context, inferer = _mixed_precision(device, amp, SegmentationInferer(image_size=size, flip_tta=flip_tta))
 
     def validate() -> None:
-        with _autocast(device, amp):
+        with context:
             logits = inferer(x, model).float()  # then what prediction_postprocessing does
         (torch.sigmoid(logits) > 0.5).float() if out_channels == 1 else torch.softmax(logits, 1).argmax(1)
 
