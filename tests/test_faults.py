@@ -161,7 +161,6 @@ BAD_SETTINGS = [
     (["--ema_fraction", "1.5"], "--ema_fraction 1.5: give a number at least 0 and at most 1."),
     (["--roi_size", "[0, 0]"], "--roi_size [0, 0]: give auto, [height, width] in pixels."),
     (["--fine_weights", "/nowhere/swin.pth"], "Swin weights file not found: /nowhere/swin.pth"),
-    (["--threshold", "1.5"], "--threshold 1.5: give auto or a probability between 0 and 1, e.g. 0.5."),
     (["--amp", "maybe"], "--amp 'maybe': give true or false."),
     (["--resume", "maybe"], "--resume 'maybe': give true or false."),
 ]

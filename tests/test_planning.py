@@ -17,12 +17,7 @@ from PIL import Image
 
 from bundle.errors import BundleInputError
 from bundle.workflows.averaging import WeightAverage, WeightAverageHandler
-from bundle.workflows.handlers import (
-    GradientClipHandler,
-    LargestComponentDecision,
-    ThresholdDecision,
-    TimeBudgetHandler,
-)
+from bundle.workflows.handlers import GradientClipHandler, LargestComponentDecision, TimeBudgetHandler
 from bundle.workflows.inferers import AutocastInferer, SegmentationInferer
 from bundle.workflows.planning import CANDIDATE_SIZES, RecordedPlan, fingerprint, plan_training, read_plan, write_plan
 from bundle.data.transforms import LargestComponentd
@@ -553,35 +548,3 @@ def test_validation_evaluation_records_the_largest_component_choice(tmp_path):
     plan = read_plan(tmp_path)
     assert plan["keep_largest"] is True and plan["image_size"] == [128, 128]
     assert plan["keep_largest_dice"] == {"plain": 0.80, "largest_component": 0.83}
-
-
-def _decide_threshold(tmp_path, outputs, plan=None):
-    (tmp_path / "plan.json").write_text(json.dumps(plan or {"threshold": 0.5, "given": {}}))
-    engine = Engine(lambda e, batch: batch)
-    ThresholdDecision(tmp_path, split="validation").attach(engine)
-    ThresholdDecision(tmp_path, split="test").attach(engine)  # other splits never decide
-    engine.run([outputs])
-    return read_plan(tmp_path)
-
-
-def test_validation_evaluation_records_the_threshold_with_the_best_mean_dice(tmp_path):
-    """A cautious network (vessels at probability 0.35, background 0.05): 0.5 finds nothing, 0.3 all of it."""
-    label = torch.zeros(1, 8, 8)
-    label[0, 2:4] = 1
-    cautious = {"prob": 0.05 + 0.3 * label, "label": label}
-    empty = {"prob": torch.full((1, 8, 8), 0.9), "label": torch.zeros(1, 8, 8)}  # no Dice on an empty mask
-    plan = _decide_threshold(tmp_path, [cautious, empty])
-    assert plan["threshold"] == 0.1  # the first of the best (0.10-0.30 all give Dice 1)
-    assert plan["threshold_dice"]["0.30"] == 1.0 and plan["threshold_dice"]["0.50"] == 0.0
-    assert len(plan["threshold_dice"]) == 17
-    assert RecordedPlan.read(tmp_path).threshold == 0.1
-    assert RecordedPlan.read(tmp_path, threshold=0.6).threshold == 0.6  # given wins
-    # a confident network: 0.5 is as good as any, and kept
-    confident = {"prob": 0.02 + 0.96 * label, "label": label}
-    assert _decide_threshold(tmp_path, [confident])["threshold"] == 0.5
-    # a threshold given to training stays
-    given = _decide_threshold(tmp_path, [cautious], {"threshold": 0.7, "given": {"threshold": 0.7}})
-    assert given["threshold"] == 0.7 and "threshold_dice" not in given
-    # classes (softmax, argmax): nothing to decide
-    classes = {"prob": torch.full((3, 8, 8), 1 / 3), "label": torch.zeros(3, 8, 8)}
-    assert "threshold_dice" not in _decide_threshold(tmp_path, [classes])

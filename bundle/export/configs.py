@@ -120,6 +120,6 @@ def apply_plan(configs: Dict[str, Dict[str, Any]], plan: Dict[str, Any], overrid
     """The run's planned settings (``runs/train/plan.json``) as plain values in every config that has them:
     a zoo bundle has no training run to read its scale from, and its train.json reproduces the run."""
     for config in configs.values():
-        for key in (*PLANNED, "keep_largest", "threshold"):
+        for key in (*PLANNED, "keep_largest"):
             if key in config and key in plan and key not in overrides:
                 config[key] = copy.deepcopy(plan[key])

@@ -22,8 +22,6 @@
 - :class:`RunRecordWriter`: writes the run's split and plan when training starts, after every check.
 - :class:`LargestComponentDecision`: after evaluating the validation split, records in the training
   plan whether keeping the largest connected component raises mean Dice.
-- :class:`ThresholdDecision`: after evaluating the validation split, records in the training plan the
-  threshold of binary masks that gives the highest mean Dice.
 - :class:`TrackingRecord`: with ``--tracking mlflow``, adds the plan's settings and, at the end, the
   best model and the run's records to the MLflow run that MONAI's own handler keeps.
 """
@@ -51,7 +49,6 @@ __all__ = [
     "ProgressBarHandler",
     "GradientClipHandler",
     "LargestComponentDecision",
-    "ThresholdDecision",
     "RunRecordWriter",
     "TrackingRecord",
 ]
@@ -358,105 +355,6 @@ class LargestComponentDecision:
                 "keeps" if keep else "does not keep",
                 self.path,
             )
-
-
-# the thresholds a binary mask's probabilities are tried at: 0.10, 0.15, ..., 0.90
-DECISION_THRESHOLDS = tuple(round(0.1 + 0.05 * i, 2) for i in range(17))
-
-
-class ThresholdDecision:
-    """Decide, on the validation split, the probability above which a binary mask's pixel is foreground.
-
-    A network trained from scratch is not calibrated: on thin vessels it can be cautious (more precise than
-    it recalls), and its best threshold then lies below 0.5. When an evaluation of the training run's
-    ``validation`` split completes, the mean Dice of its probabilities (``prob_key``, the sigmoid) at each
-    of ``thresholds`` is compared, per image as MONAI's ``MeanDice`` (images whose mask is empty left out);
-    the best, 0.5 unless another is higher, is written into the run's ``plan.json`` as ``threshold`` with
-    the Dice at each (``threshold_dice``), and evaluation of other splits and inference use it (a
-    ``--threshold`` given wins). A threshold given to training is kept; multi-class masks (the argmax) have
-    none to decide.
-
-    Args:
-        train_output_dir: the training run's folder (its ``plan.json`` is updated).
-        split: the split being evaluated; only ``"validation"`` decides.
-        prob_key: the probabilities' key in each output.
-        label_key: the mask's key in each output.
-        thresholds: the thresholds tried.
-    """
-
-    def __init__(
-        self,
-        train_output_dir: str | Path,
-        split: str | None,
-        prob_key: str = "prob",
-        label_key: str = "label",
-        thresholds: Sequence[float] = DECISION_THRESHOLDS,
-    ) -> None:
-        self.path = Path(train_output_dir) / "plan.json"
-        self.split, self.prob_key, self.label_key = split, prob_key, label_key
-        self.thresholds = torch.tensor([float(t) for t in thresholds], dtype=torch.float64)
-        self._dice_sums = torch.zeros(len(self.thresholds), dtype=torch.float64)
-        self._images = 0
-
-    def attach(self, engine: Engine) -> None:
-        if self.split == "validation":
-            engine.add_event_handler(Events.STARTED, self._reset)
-            engine.add_event_handler(Events.ITERATION_COMPLETED, self._accumulate)
-            engine.add_event_handler(Events.COMPLETED, self)
-
-    def _reset(self, engine: Engine) -> None:
-        self._dice_sums.zero_()
-        self._images = 0
-
-    def _accumulate(self, engine: Engine) -> None:
-        for item in engine.state.output:
-            prob, label = _plain(item[self.prob_key]), _plain(item[self.label_key])
-            if prob.shape[0] != 1:
-                continue  # classes: the argmax decides, no threshold
-            truth = label.reshape(1, -1) > 0.5
-            if not truth.any():
-                continue  # as MeanDice: no Dice on an empty mask
-            masks = prob.reshape(1, -1) > self.thresholds.to(prob.dtype).unsqueeze(1)
-            overlap = (masks & truth).sum(1, dtype=torch.float64)
-            self._dice_sums += 2 * overlap / (masks.sum(1, dtype=torch.float64) + truth.sum(dtype=torch.float64))
-            self._images += 1
-
-    def __call__(self, engine: Engine) -> None:
-        from bundle.workflows.planning import DEFAULT_THRESHOLD, read_plan, update_plan
-
-        sums = idist.all_reduce(self._dice_sums.clone())
-        images = int(idist.all_reduce(self._images))
-        plan = read_plan(self.path.parent)
-        if not images or not plan:
-            return
-        if "threshold" in plan.get("given", {}):
-            logger.info("Threshold %s given to training: kept, not decided on the validation split.", plan["threshold"])
-            return
-        dice = (sums / images).tolist()
-        thresholds = self.thresholds.tolist()
-        default = dice[thresholds.index(DEFAULT_THRESHOLD)] if DEFAULT_THRESHOLD in thresholds else -1.0
-        best = max(range(len(dice)), key=dice.__getitem__)
-        threshold = thresholds[best] if dice[best] > default else DEFAULT_THRESHOLD
-        update_plan(
-            self.path.parent, threshold=threshold, threshold_dice={f"{t:.2f}": d for t, d in zip(thresholds, dice)}
-        )
-        logger.info(
-            "Validation Dice at thresholds %.2f-%.2f: best %.4f at %.2f, %.4f at %.2f: evaluation and inference "
-            "threshold at %.2f (recorded in %s).",
-            thresholds[0],
-            thresholds[-1],
-            dice[best],
-            thresholds[best],
-            default,
-            DEFAULT_THRESHOLD,
-            threshold,
-            self.path,
-        )
-
-
-def _plain(x: Any) -> torch.Tensor:
-    """A tensor without MONAI's metadata (a MetaTensor's arithmetic carries it along)."""
-    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
 
 
 class RunRecordWriter:

@@ -95,8 +95,6 @@ PLANNED = (
 )
 AUTHORS_DEEP_SUPERVISION = [0.6, 0.2, 0.2]  # main, deepest auxiliary, quarter-resolution auxiliary
 MAIN_OUTPUT_ONLY = [1.0, 0.0, 0.0]
-# binary masks: the probability above which a pixel is foreground, until the validation split decides
-DEFAULT_THRESHOLD = 0.5
 # image intensities: each image scaled to 0..1 by its own min/max, or ImageNet mean/std (pretrained encoders)
 INTENSITIES = ("minmax", "imagenet")
 
@@ -115,7 +113,6 @@ class TrainingPlan:
     intensity: str = "minmax"
     deep_supervision_weights: List[float] = field(default_factory=lambda: list(AUTHORS_DEEP_SUPERVISION))
     flip_tta: bool = False  # validation, evaluation and inference average the logits over the image and its flips
-    threshold: float = DEFAULT_THRESHOLD  # binary masks: training's validation thresholds here (evaluation decides later)
     val_interval: int = 2  # validate every N epochs (2: the fixed setting of runs planned before it was planned)
     given: Dict[str, Any] = field(default_factory=dict)
     settings: Dict[str, Any] = field(default_factory=dict)  # what a resumed run must match (preset, channels, network)
@@ -152,12 +149,6 @@ def _flag_setting(name: str, value: Any) -> bool:
         return flag(name, value)
     except BundleInputError:
         raise BundleInputError(f"--{name} {value!r}: give auto, true or false.") from None
-
-
-def _probability_setting(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
-        raise BundleInputError(f"--{name} {value!r}: give auto or a probability between 0 and 1, e.g. 0.5.")
-    return float(value)
 
 
 def _count_setting(name: str, value: Any) -> int:
@@ -370,16 +361,14 @@ def read_plan(output_dir: str | os.PathLike) -> Dict[str, Any]:
 @dataclass
 class RecordedPlan:
     """What a trained model expects, for evaluation and inference: the scale, intensity, flip test-time
-    augmentation, threshold and largest-component choice of the training run's ``plan.json``; a setting
-    given (not ``auto``) wins. The configs read it as training reads its :class:`TrainingPlan`
-    (``$@plan.image_size``)."""
+    augmentation and largest-component choice of the training run's ``plan.json``; a setting given (not
+    ``auto``) wins. The configs read it as training reads its :class:`TrainingPlan` (``$@plan.image_size``)."""
 
     image_size: List[int] | None
     roi_size: List[int]
     intensity: str = "minmax"
     keep_largest: bool = False
     flip_tta: bool = False
-    threshold: float = DEFAULT_THRESHOLD
     network: str | None = None  # the class the run trained (None: no plan, e.g. an exported bundle)
 
     @classmethod
@@ -391,7 +380,6 @@ class RecordedPlan:
         intensity: Any = AUTO,
         keep_largest: Any = AUTO,
         flip_tta: Any = AUTO,
-        threshold: Any = AUTO,
     ) -> "RecordedPlan":
         """The plan of the run in ``output_dir`` (a run without one, or an exported bundle, gives its settings:
         sliding 64 px windows and min/max intensities unless they are given)."""
@@ -404,10 +392,6 @@ class RecordedPlan:
             plan.get("keep_largest", False) if _is_auto(keep_largest) else _flag_setting("keep_largest", keep_largest)
         )
         flip_tta = plan.get("flip_tta", False) if _is_auto(flip_tta) else _flag_setting("flip_tta", flip_tta)
-        if _is_auto(threshold):
-            threshold = plan.get("threshold", DEFAULT_THRESHOLD)
-        else:
-            threshold = _probability_setting("threshold", threshold)
         return cls(
             image_size=(
                 plan.get("image_size") if _is_auto(image_size) else _size_setting("image_size", image_size, True)
@@ -418,7 +402,6 @@ class RecordedPlan:
             intensity=intensity,
             keep_largest=keep_largest,
             flip_tta=flip_tta,
-            threshold=threshold,
             network=(plan.get("settings") or {}).get("network"),
         )
 
@@ -463,7 +446,6 @@ def check_planned_settings(
     deep_supervision_weights: Any = AUTO,
     flip_tta: Any = AUTO,
     val_interval: Any = AUTO,
-    threshold: Any = AUTO,
 ) -> Dict[str, Any]:
     """The settings given (not ``auto``), checked and normalised; a bad one is a one-line error."""
     requested = dict(
@@ -476,7 +458,6 @@ def check_planned_settings(
         deep_supervision_weights=deep_supervision_weights,
         flip_tta=flip_tta,
         val_interval=val_interval,
-        threshold=threshold,
     )
     given: Dict[str, Any] = {}
     for key, value in requested.items():
@@ -490,8 +471,6 @@ def check_planned_settings(
             given[key] = _weights_setting(key, value)
         elif key == "flip_tta":
             given[key] = _flag_setting(key, value)
-        elif key == "threshold":
-            given[key] = _probability_setting(key, value)
         elif key in ("image_size", "roi_size"):
             given[key] = _size_setting(key, value, allow_none=key == "image_size")
         else:
@@ -532,7 +511,6 @@ def plan_training(
     max_grad_norm: float = 0.0,
     flip_tta: Any = AUTO,
     amp: bool = False,
-    threshold: Any = AUTO,
 ) -> TrainingPlan:
     """Resolve the ``auto`` settings of a training run from its data and device (see the module
     docstring), write ``output_dir/plan.json`` and log the plan. Given settings are kept as given.
@@ -542,13 +520,10 @@ def plan_training(
     ``sample_transforms`` (``{"whole_image": [...], "patch": [...]}``, the random transforms each training
     sample gets after the cache) are timed on copies, and their cost per sample joins the step's; the timed
     steps clip gradients as the run does when ``max_grad_norm`` > 0, and run under its mixed precision when
-    ``amp`` (fp16 on CUDA, bf16 on the CPU). ``threshold`` (binary masks) is not planned: training's
-    validation uses the one given, else 0.5; evaluation of the validation split decides the one that later
-    evaluations and inference use (:class:`~bundle.workflows.handlers.ThresholdDecision`). The plan is
-    written by :func:`write_plan` when training starts, not here."""
+    ``amp`` (fp16 on CUDA, bf16 on the CPU). The plan is written by :func:`write_plan` when training starts, not here."""
     given = check_planned_settings(
         image_size, roi_size, batch_size, crops_per_image, max_epochs, time_budget_minutes, intensity,
-        deep_supervision_weights, flip_tta, val_interval, threshold,
+        deep_supervision_weights, flip_tta, val_interval,
     )
     resume, amp = flag("resume", resume), flag("amp", amp)
     path = Path(output_dir) / PLAN_FILE
