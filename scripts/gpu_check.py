@@ -144,12 +144,16 @@ def exported_torchscript(work: str, preset: str, device: torch.device, timeout: 
         os.path.join(work, "export.log"),
         timeout,
     )  # fmt: skip
-    from bundle.networks import DSTransUNet
+    from monai.bundle import ConfigParser
+
     from bundle.workflows.checkpoints import load_model_weights
 
     bundle = os.path.join(dist, "gpu_check")
     scripted = torch.jit.load(os.path.join(bundle, "models", "model.ts"), map_location=device).eval()
-    network = DSTransUNet(preset=preset, deep_supervision=True)
+    parser = ConfigParser()  # the network as the exported bundle states it (stem and all), as ckpt_export builds it
+    parser.read_config(os.path.join(bundle, "configs", "inference.json"))
+    parser["bundle_root"] = bundle
+    network = parser.get_parsed_content("network_def")
     load_model_weights(network, os.path.join(bundle, "models", "model.pt"))
     network = network.to(device).eval()
     x = torch.rand(1, 3, height, width, device=device)

@@ -235,6 +235,17 @@ def test_torchscript_round_trip(tmp_path):
         torch.testing.assert_close(loaded(x2), model(x2), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("stem", ["linear", "conv"])
+def test_traced_on_the_cpu_runs_on_another_device(stem):
+    # the exported model.ts is traced on the CPU and loaded with map_location="cuda": no tensor the
+    # forward makes (window masks, padding masks) may keep the tracing device (meta stands in for CUDA)
+    model = DSTransUNet(preset="tiny", stem=stem).eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(model, torch.rand(1, 3, 72, 64), check_trace=False).to("meta")
+        out = traced(torch.rand(1, 3, 72, 64, device="meta"))
+    assert out.device.type == "meta" and out.shape == (1, 1, 72, 64)
+
+
 def _authors_random_state_dict(key_shapes):
     # relative_position_index is a buffer of indices, not weights: take the real ones
     index = DSTransUNet(preset="tiny").fine_branch.stages[0].blocks[0].attn.relative_position_index

@@ -212,11 +212,11 @@ def _pad_projection(
     padded, was_padded = pad_to_multiple(projected, window_size, channel_last=True)
     if not was_padded or bias is None:
         return padded, was_padded
-    inside = torch.ones((), dtype=torch.bool, device=projected.device)
+    inside = projected.new_ones((), dtype=torch.bool)
     for axis, size in enumerate(projected.shape[1:-1]):  # index comparisons: no guard on symbolic sizes
         shape = [1] * (projected.ndim - 1)
         shape[1 + axis] = -1
-        inside = inside & (torch.arange(padded.shape[1 + axis], device=projected.device) < size).view(shape)
+        inside = inside & (_positions(projected, padded.shape[1 + axis]) < size).view(shape)
     return torch.where(inside.unsqueeze(-1), padded, bias.to(padded.dtype)), True
 
 
@@ -275,9 +275,7 @@ class SwinStage(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mask = shifted_window_mask(
-            padded_sizes(x.shape[1:-1], self.window_size), self.window_size, self.shift_size, x.device
-        )
+        mask = shifted_window_mask(padded_sizes(x.shape[1:-1], self.window_size), self.window_size, self.shift_size, x)
         for block in self.blocks:
             x = block(x, mask)
         return x
@@ -306,18 +304,27 @@ def window_reverse(windows: torch.Tensor, window_size: Sequence[int], dims: Sequ
     return x.view(list(dims) + [windows.shape[-1]])
 
 
+def _positions(like: torch.Tensor, size: int) -> torch.Tensor:
+    """``arange(size)`` on ``like``'s device, made from ``like``: a traced graph (TorchScript) then creates it
+    on the device of its input at run time, where ``arange(..., device=...)`` would fix the tracing device."""
+    return like.new_ones(size, dtype=torch.long).cumsum(0) - 1
+
+
 def shifted_window_mask(
-    dims: Sequence[int], window_size: Sequence[int], shift_size: Sequence[int], device: torch.device
+    dims: Sequence[int], window_size: Sequence[int], shift_size: Sequence[int], like: torch.Tensor
 ) -> torch.Tensor:
     """MONAI's ``compute_mask``, the same values, from index comparisons instead of slice assignment:
     an exporter with symbolic sizes then needs no guard on whether a region is empty (one window).
 
+    ``like`` is any tensor on the mask's device (the map it is for): the mask is made from it, so that
+    a model traced on one device runs on another.
+
     Returns ``(windows, tokens, tokens)``: 0 where two tokens of a shifted window came from the same
     region of the map, -100 where the cyclic shift brought them together from different ones.
     """
-    region = torch.zeros((1,), dtype=torch.long, device=device)
+    region = like.new_zeros((1,), dtype=torch.long)
     for size, window, shift in zip(dims, window_size, shift_size):
-        index = torch.arange(size, device=device)
+        index = _positions(like, size)
         # MONAI's regions along one axis: [0, size - window), [size - window, size - shift), [size - shift, size)
         along = (index >= size - window).long() + (index >= size - shift).long()
         region = region.unsqueeze(-1) * 3 + along
