@@ -18,7 +18,8 @@ What it measures, each part under its own time limit so that one slow part canno
 
 1. ``steps``: AMP (float16 autocast and a gradient scaler) training steps of DSTransUNet ``base`` at 352 and
    512 px (batch 4; with ``--authors-code``, the authors' ``UNet(128, 1)`` in the same run): images/s over
-   the timed steps after warm-up, and peak CUDA memory;
+   the timed steps after warm-up, and peak CUDA memory; the largest size also at twice the batch, and with
+   ``--profile`` one step of each model under ``torch.profiler`` (wall time against kernel time, kernel count);
 2. ``bundle_epoch``: ``python -m monai.bundle run training --config_file configs/train.yaml --preset base
    --max_epochs 1`` on ``--data`` (AMP is on by default on CUDA), then the evaluate workflow on the test split:
    wall time, epoch time and test Dice;
@@ -89,6 +90,58 @@ def training_steps(
     }
     if device.type == "cuda":
         result["peak_gb"] = torch.cuda.max_memory_allocated(device) / 1024**3
+    del model, optimizer
+    return result
+
+
+def profile_step(build: Callable[[], torch.nn.Module], size: int, batch: int, device: torch.device) -> Dict[str, Any]:
+    """One AMP training step of ``build()`` under ``torch.profiler`` after two warm-up steps: wall time against
+    the time the device's kernels ran, how many kernels it launched, and the operators that took the most
+    host (CPU) and device time. Kernel time far below wall time means the step waits on the host (launches)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    model = build().to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    x = torch.rand(batch, 3, size, size, device=device)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            loss = _outputs_sum(model(x))
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(2):
+        step()
+    _sync(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        wall = time.perf_counter() - start
+    events = prof.key_averages()
+    kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
+
+    def top(key: Callable[[Any], float]) -> List[List[Any]]:
+        ranked = sorted(events, key=key, reverse=True)[:8]
+        return [[e.key[:60], e.count, round(key(e) / 1e3, 1)] for e in ranked]  # microseconds to ms
+
+    result = {
+        "size": size,
+        "batch": batch,
+        "wall_ms": round(1000 * wall, 1),
+        "host_ops": sum(e.count for e in events if e.key.startswith("aten::")),
+        "kernels": len(kernels),
+        "kernel_ms": round(sum(k.time_range.elapsed_us() for k in kernels) / 1e3, 1),
+        "top_host_self_ms": top(lambda e: e.self_cpu_time_total),
+    }
+    if kernels:
+        result["top_device_self_ms"] = top(lambda e: e.self_device_time_total)
     del model, optimizer
     return result
 
@@ -192,6 +245,8 @@ def report(results: Dict[str, Any]) -> str:
         else:
             peak = f"{row['peak_gb']:.2f}" if "peak_gb" in row else "n/a"
             lines.append(f"| {row['model']} | {row['size']} | {row['batch']} | {row['images_per_s']:.1f} | {peak} |")
+    for row in results.get("profiles", []):
+        lines += ["", f"Profile of one step, {row['model']}: {json.dumps(row)}"]
     epoch = results.get("bundle_epoch")
     if epoch:
         lines += ["", f"One-epoch bundle run ({results['preset']}): {json.dumps(epoch)}"]
@@ -210,6 +265,7 @@ def main() -> int:
     )
     parser.add_argument("--authors-code", default=None, help="folder with the authors' lib/DS_TransUNet.py")
     parser.add_argument("--quick", action="store_true", help="tiny preset and sizes (a smoke test of this script)")
+    parser.add_argument("--profile", action="store_true", help="profile one step of each model at the largest size")
     parser.add_argument("--part-timeout", type=float, default=180.0, help="seconds for each subprocess part")
     args = parser.parse_args()
 
@@ -236,11 +292,19 @@ def main() -> int:
             return UNet(128, 1)
 
         builders["authors' UNet(128, 1)"] = authors
+    # the paper's sizes at the batch, and the largest at twice the batch: whether a step's time follows its work
+    shapes = [(size, batch) for size in sizes] + [(sizes[-1], 2 * batch)]
     for name, build in builders.items():
-        for size in sizes:
+        for size, n in shapes:
             row: Dict[str, Any] = {}
-            _guarded("steps", row, lambda: training_steps(build, size, batch, device, warmup, steps))
-            results["steps"].append({"model": name, "size": size, **row["steps"]})
+            _guarded("steps", row, lambda: training_steps(build, size, n, device, warmup, steps))
+            results["steps"].append({"model": name, "size": size, "batch": n, **row["steps"]})
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        if args.profile:
+            row = {}
+            _guarded("profile", row, lambda: profile_step(build, sizes[-1], batch, device))
+            results.setdefault("profiles", []).append({"model": name, **row["profile"]})
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     if args.data:
