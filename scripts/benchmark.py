@@ -404,7 +404,8 @@ def gpu_section(results_path: str) -> List[str]:
     from gpu_check import report
 
     with open(results_path) as f:
-        return lines + report(json.load(f)).splitlines()
+        lines += report(json.load(f)).splitlines()
+    return lines + ["", "What that run showed, and what changed after it: [gpu.md](gpu.md)."]
 
 
 # the page's sections, in order (--sections runs a subset)
