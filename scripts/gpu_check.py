@@ -40,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 
@@ -55,51 +55,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def training_steps(
-    build: Callable[[], torch.nn.Module], size: int, batch: int, device: torch.device, warmup: int, steps: int
-) -> Dict[str, Any]:
-    """AMP training steps of ``build()`` on random images: images/s and peak memory."""
-    torch.manual_seed(0)
-    model = build().to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler(device.type, enabled=amp)
-    x = torch.rand(batch, 3, size, size, device=device)
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    times: List[float] = []
-    for i in range(warmup + steps):
-        _sync(device)
-        start = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-            loss = _outputs_sum(model(x))
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        _sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    result = {
-        "size": size,
-        "batch": batch,
-        "step_s": statistics.median(times),
-        "images_per_s": batch / statistics.median(times),
-        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-    }
-    if device.type == "cuda":
-        result["peak_gb"] = torch.cuda.max_memory_allocated(device) / 1024**3
-    del model, optimizer
-    return result
-
-
-def profile_step(build: Callable[[], torch.nn.Module], size: int, batch: int, device: torch.device) -> Dict[str, Any]:
-    """One AMP training step of ``build()`` under ``torch.profiler`` after two warm-up steps: wall time against
-    the time the device's kernels ran, how many kernels it launched, and the operators that took the most
-    host (CPU) and device time. Kernel time far below wall time means the step waits on the host (launches)."""
-    from torch.profiler import ProfilerActivity, profile
-
+def _amp_training_step(
+    build: Callable[[], torch.nn.Module], size: int, batch: int, device: torch.device
+) -> Tuple[torch.nn.Module, Callable[[], None]]:
+    """``build()`` on ``device`` and one training step of it on a fixed random batch: float16 autocast and a
+    gradient scaler on CUDA, plain float32 elsewhere; AdamW."""
     torch.manual_seed(0)
     model = build().to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -115,6 +75,45 @@ def profile_step(build: Callable[[], torch.nn.Module], size: int, batch: int, de
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
 
+    return model, step
+
+
+def training_steps(
+    build: Callable[[], torch.nn.Module], size: int, batch: int, device: torch.device, warmup: int, steps: int
+) -> Dict[str, Any]:
+    """AMP training steps of ``build()`` on random images: images/s and peak memory."""
+    model, step = _amp_training_step(build, size, batch, device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    times: List[float] = []
+    for i in range(warmup + steps):
+        _sync(device)
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    result = {
+        "size": size,
+        "batch": batch,
+        "step_s": statistics.median(times),
+        "images_per_s": batch / statistics.median(times),
+        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+    }
+    if device.type == "cuda":
+        result["peak_gb"] = torch.cuda.max_memory_allocated(device) / 1024**3
+    del model, step
+    return result
+
+
+def profile_step(build: Callable[[], torch.nn.Module], size: int, batch: int, device: torch.device) -> Dict[str, Any]:
+    """One AMP training step of ``build()`` under ``torch.profiler`` after two warm-up steps: wall time against
+    the time the device's kernels ran, how many kernels it launched, and the operators that took the most
+    host (CPU) and device time. Kernel time far below wall time means the step waits on the host (launches)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model, step = _amp_training_step(build, size, batch, device)
     for _ in range(2):
         step()
     _sync(device)
@@ -142,7 +141,7 @@ def profile_step(build: Callable[[], torch.nn.Module], size: int, batch: int, de
     }
     if kernels:
         result["top_device_self_ms"] = top(lambda e: e.self_device_time_total)
-    del model, optimizer
+    del model, step
     return result
 
 
