@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import json
 import os
 import platform
@@ -34,6 +33,7 @@ sys.path.insert(0, REPO)
 
 from bundle.networks.memory import CHEAP_RECOMPUTE_MIN_BYTES  # noqa: E402
 from bundle.networks.nets.ds_transunet import PRESETS  # noqa: E402
+from bundle.workflows.inferers import cpu_has_native_bf16  # noqa: E402
 
 
 # -- the naive reference: the seed's TIF written with einsum and a materialised attention matrix --
@@ -315,7 +315,7 @@ def count_flops(quick: bool = False) -> Dict[str, float]:
 
 
 def measure(case: Dict[str, Any], env_extra: Dict[str, str]) -> Dict[str, Any]:
-    if (case.get("precision") == "bf16" or case.get("mode") == "precision") and not _native_bf16():
+    if (case.get("precision") == "bf16" or case.get("mode") == "precision") and not cpu_has_native_bf16():
         # emulated bf16 is many times slower than fp32 (a `base` step at 256 px: 137 s against 3.2 s)
         return {"error": "not run (no native bf16 on this CPU)"}
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), **env_extra)
@@ -326,13 +326,6 @@ def measure(case: Dict[str, Any], env_extra: Dict[str, str]) -> Dict[str, Any]:
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-@functools.lru_cache(maxsize=None)
-def _native_bf16() -> bool:
-    from bundle.workflows.inferers import cpu_has_native_bf16
-
-    return cpu_has_native_bf16()
 
 
 # -- the report ---------------------------------------------------------------------------------
@@ -465,14 +458,15 @@ def main() -> None:
 
     matmul = measure(dict(common, kind="matmul"), {})
     matmul_bf16 = measure(dict(common, kind="matmul", precision="bf16"), {})
+    bf16_rate = (
+        f"in fp32 and {_fmt(matmul_bf16['gflops_per_s'], '.0f')} GFLOP/s in bf16 here"
+        if "gflops_per_s" in matmul_bf16
+        else f"in fp32 here, bf16 {matmul_bf16.get('error', 'failed')}"
+    )
     lines += [
         f"For scale: a 2048 x 2048 matrix multiply runs at {_fmt(matmul.get('gflops_per_s', '-'), '.0f')} GFLOP/s "
-        + (
-            f"in fp32 and {_fmt(matmul_bf16['gflops_per_s'], '.0f')} GFLOP/s in bf16 here "
-            if "gflops_per_s" in matmul_bf16
-            else f"in fp32 here, bf16 {matmul_bf16.get('error', 'failed')} "
-        )
-        + f"(CPU capability {torch.backends.cpu.get_cpu_capability()}); a training step mixes far less efficient work in. "
+        f"{bf16_rate} (CPU capability {torch.backends.cpu.get_cpu_capability()}); a training step mixes far less "
+        "efficient work in. "
         "*bf16* columns run the forward under `torch.autocast('cpu', dtype=torch.bfloat16)` (fp32 weights and "
         "gradients, matrix work in bf16), the backward outside it, as mixed-precision training does.",
         "",

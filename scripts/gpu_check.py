@@ -55,6 +55,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _free(device: torch.device) -> None:
+    """Hand the caching allocator's free blocks back, so that the next model's peak is its own."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def _amp_training_step(
     build: Callable[[], torch.nn.Module], size: int, batch: int, device: torch.device
 ) -> Tuple[torch.nn.Module, Callable[[], None]]:
@@ -83,8 +89,8 @@ def training_steps(
 ) -> Dict[str, Any]:
     """AMP training steps of ``build()`` on random images: images/s and peak memory."""
     model, step = _amp_training_step(build, size, batch, device)
+    _free(device)
     if device.type == "cuda":
-        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     times: List[float] = []
     for i in range(warmup + steps):
@@ -298,14 +304,12 @@ def main() -> int:
             row: Dict[str, Any] = {}
             _guarded("steps", row, lambda: training_steps(build, size, n, device, warmup, steps))
             results["steps"].append({"model": name, "size": size, "batch": n, **row["steps"]})
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            _free(device)
         if args.profile:
             row = {}
             _guarded("profile", row, lambda: profile_step(build, sizes[-1], batch, device))
             results.setdefault("profiles", []).append({"model": name, **row["profile"]})
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            _free(device)
     if args.data:
         work = tempfile.mkdtemp(prefix="gpu_check_")
         _guarded("bundle_epoch", results, lambda: bundle_epoch(args.data, work, preset, device, args.part_timeout))
