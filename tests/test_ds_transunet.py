@@ -235,11 +235,11 @@ def test_torchscript_round_trip(tmp_path):
         torch.testing.assert_close(loaded(x2), model(x2), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("stem", ["linear", "conv"])
-def test_traced_on_the_cpu_runs_on_another_device(stem):
+@pytest.mark.parametrize("options", [dict(stem="linear"), dict(stem="conv"), dict(stem="conv", patch_embed="conv")])
+def test_traced_on_the_cpu_runs_on_another_device(options):
     # the exported model.ts is traced on the CPU and loaded with map_location="cuda": no tensor the
     # forward makes (window masks, padding masks) may keep the tracing device (meta stands in for CUDA)
-    model = DSTransUNet(preset="tiny", stem=stem).eval()
+    model = DSTransUNet(preset="tiny", **options).eval()
     with torch.no_grad():
         traced = torch.jit.trace(model, torch.rand(1, 3, 72, 64), check_trace=False).to("meta")
         out = traced(torch.rand(1, 3, 72, 64, device="meta"))

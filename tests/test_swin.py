@@ -4,7 +4,7 @@ from monai.networks.blocks import MLPBlock
 from monai.networks.nets.swin_unetr import SwinTransformerBlock, compute_mask
 
 from bundle.networks.blocks.mlp import prenorm_mlp
-from bundle.networks.blocks.swin import SwinBlock, SwinBranch
+from bundle.networks.blocks.swin import ConvPatchEmbed, SwinBlock, SwinBranch
 
 
 @pytest.mark.parametrize("shift", [0, 3])
@@ -46,3 +46,20 @@ def test_branch_keeps_window_and_shift_on_small_maps():
     outs = branch(torch.randn(1, 3, 24, 40))  # stage maps 6 x 10 and 3 x 5: smaller than the window
     assert [tuple(o.shape) for o in outs] == [(1, 16, 6, 10), (1, 32, 3, 5)]
     assert branch.stages[1].blocks[1].shift_size == [3, 3]
+
+
+@pytest.mark.parametrize("spatial_dims, size", [(2, (72, 60)), (3, (24, 20, 16))])
+def test_conv_patch_embedding_gives_the_linear_token_grid(spatial_dims, size):
+    """Early convolutions give the linear embedding's token grid (ceil(size / patch)) at any size."""
+    x = torch.randn(2, 3, *size)
+    for patch in (2, 4, 8):
+        embed = ConvPatchEmbed(patch, 3, 24, spatial_dims)
+        linear = SwinBranch(spatial_dims, 3, 24, (2,), (1,), patch, window_size=4).patch_embed
+        tokens = embed(x)
+        assert tokens.shape == linear(x).shape
+        tokens.square().mean().backward()
+        assert embed.convs[0].conv.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="power of 2.*got 6"):
+        ConvPatchEmbed(6, 3, 24)
+    with pytest.raises(ValueError, match="patch_embed must be 'linear' or 'conv', got patch_embed='early'"):
+        SwinBranch(2, 3, 16, (2,), (1,), 4, patch_embed="early")

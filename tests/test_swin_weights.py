@@ -388,3 +388,20 @@ def run_command_failing(args):
                             capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode != 0
     return result
+
+
+def test_conv_patch_embedding_keeps_its_own_weights_and_loads_the_rest(swin_t):
+    """patch_embed="conv": the checkpoint's linear patch embedding has no place, so it is reported as
+    dropped and the early convolutions keep their initial values; every Swin block still loads."""
+    torch.manual_seed(0)
+    model = DSTransUNet(preset="tiny", embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), patch_embed="conv")
+    before = {k: v.clone() for k, v in model.fine_branch.patch_embed.state_dict().items()}
+    report = load_swin_weights(model.fine_branch, swin_t.state_dict(), target_name="fine branch")
+    assert report.dropped["embeddings.patch_embeddings.projection.weight"] == (
+        "the branch embeds patches with convolutions (patch_embed='conv')"
+    )
+    assert not report.adapted and "patch_embed.proj.weight" in report.initial
+    for key, value in model.fine_branch.patch_embed.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    fc2 = swin_t.state_dict()["encoder.layers.2.blocks.5.mlp.fc2.weight"]
+    torch.testing.assert_close(model.fine_branch.stages[2].blocks[5].mlp.linear2.weight, fc2)

@@ -47,7 +47,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.nets.swin_unetr import SwinTransformer
 
-from bundle.networks.blocks.swin import SwinBranch
+from bundle.networks.blocks.swin import ConvPatchEmbed, SwinBranch
 
 __all__ = ["load_swin_weights", "read_swin_state_dict", "SwinWeightsError", "SwinWeightsReport", "LAYOUTS"]
 
@@ -358,10 +358,13 @@ def load_swin_weights(
             f"in the file, {describe(own_depths)} in the network (choose the preset or depths of the checkpoint)."
         )
 
+    conv_embed = isinstance(getattr(module, "patch_embed", None), ConvPatchEmbed)
     new: Dict[str, torch.Tensor] = {}
     for key, value in sd.items():
         why = next((reason for pattern, reason in _NOT_LOADED if re.search(pattern, key)), None)
         target = _rename_key(key, rules)
+        if why is None and conv_embed and target.startswith("patch_embed."):
+            why = "the branch embeds patches with convolutions (patch_embed='conv')"
         if why is None and target not in own:
             why = f"not in {target_name}"
         if why:

@@ -318,6 +318,8 @@ def _fitting_preset(network: torch.nn.Module, state: Mapping[str, Any]) -> str:
     head = state.get("head.conv.weight")
     if not isinstance(embed, torch.Tensor) or not isinstance(head, torch.Tensor):
         return ""
+    # the input's channels: the linear embedding's kernel, or the first of the early convolutions (patch_embed="conv")
+    first = state.get("fine_branch.patch_embed.convs.0.conv.weight", embed)
     depths = [
         1 + max(int(k.split(".")[4]) for k in state if k.startswith(f"fine_branch.stages.{i}.blocks."))
         for i in range(4)
@@ -325,7 +327,7 @@ def _fitting_preset(network: torch.nn.Module, state: Mapping[str, Any]) -> str:
     ]
     for name, preset in PRESETS.items():
         if preset["embed_dim"] == embed.shape[0] and list(preset["depths"]) == depths:
-            return f"; the file holds preset {name!r}, in_channels {embed.shape[1]}, out_channels {head.shape[0]}"
+            return f"; the file holds preset {name!r}, in_channels {first.shape[1]}, out_channels {head.shape[0]}"
     return f"; the file's fine branch has width {embed.shape[0]} and depths {depths}, no preset's"
 
 

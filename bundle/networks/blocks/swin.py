@@ -32,7 +32,8 @@ from typing import List, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from monai.networks.blocks import PatchEmbed
+from monai.networks.blocks import Convolution, PatchEmbed
+from monai.networks.layers import Conv
 from monai.networks.nets.swin_unetr import (
     PatchMergingV2,
     SwinTransformerBlock,
@@ -47,6 +48,7 @@ from bundle.networks.tracing import is_compiling
 
 __all__ = [
     "PROJECT_FIRST_PADDING",
+    "ConvPatchEmbed",
     "FusedWindowAttention",
     "SwinBlock",
     "SwinStage",
@@ -347,6 +349,54 @@ def _init_swin_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+class ConvPatchEmbed(nn.Module):
+    """Patch embedding by early convolutions (Xiao et al., "Early Convolutions Help Transformers See
+    Better", NeurIPS 2021): ``log2(patch_size)`` stride-2 3x3 convolutions with GroupNorm and ReLU,
+    widening to ``embed_dim``, then a 1x1 projection and LayerNorm, where Swin patchifies with one
+    linear map of each patch's pixels. The tokens then carry local features such as edges and thin lines.
+
+    Returns a channel-first map of ``embed_dim`` channels at ``ceil(size / patch_size)``, as MONAI's
+    ``PatchEmbed`` does.
+
+    Args:
+        patch_size: side of the patches; a power of 2.
+        in_channels: input channels.
+        embed_dim: channels of the tokens.
+        spatial_dims: 2 or 3.
+        norm_groups: GroupNorm groups of the convolutions (reduced to a divisor of the channels).
+    """
+
+    def __init__(
+        self, patch_size: int, in_channels: int, embed_dim: int, spatial_dims: int = 2, norm_groups: int = 32
+    ) -> None:
+        super().__init__()
+        steps = int(math.log2(patch_size)) if patch_size > 1 else 0
+        if patch_size < 2 or 2**steps != patch_size:
+            raise ValueError(f"ConvPatchEmbed needs a patch_size that is a power of 2 (2, 4, 8...), got {patch_size}.")
+        widths = [max(8, embed_dim // 2 ** (steps - 1 - i)) for i in range(steps)]
+        self.convs = nn.Sequential(
+            *[
+                Convolution(
+                    spatial_dims,
+                    c_in,
+                    c_out,
+                    strides=2,
+                    kernel_size=3,
+                    act="relu",
+                    norm=("group", {"num_groups": math.gcd(norm_groups, c_out)}),
+                    bias=True,
+                )
+                for c_in, c_out in zip([in_channels] + widths[:-1], widths)
+            ]
+        )
+        self.proj = Conv[Conv.CONV, spatial_dims](widths[-1], embed_dim, kernel_size=1)
+        self.norm = nn.LayerNorm(embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(self.convs(x))
+        return self.norm(x.movedim(1, -1)).movedim(-1, 1)
+
+
 class SwinBranch(nn.Module):
     """One Swin encoder branch of DS-TransUNet: patch embedding, then per stage Swin blocks, a
     LayerNorm'd output taken before merging, and patch merging to the next stage.
@@ -368,6 +418,8 @@ class SwinBranch(nn.Module):
         attn_drop_rate: attention dropout rate.
         drop_path_rate: stochastic depth, rising linearly from 0 to this over all blocks.
         use_checkpoint: activation checkpointing inside each block.
+        patch_embed: ``"linear"`` (Swin's: one linear map of each patch's pixels, MONAI's ``PatchEmbed``)
+            or ``"conv"`` (early convolutions, :class:`ConvPatchEmbed`).
     """
 
     def __init__(
@@ -385,11 +437,18 @@ class SwinBranch(nn.Module):
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         use_checkpoint: bool = False,
+        patch_embed: str = "linear",
     ) -> None:
         super().__init__()
         if len(depths) != len(num_heads):
             raise ValueError(f"depths {tuple(depths)} and num_heads {tuple(num_heads)} must have one entry per stage.")
-        self.patch_embed = PatchEmbed(patch_size, in_channels, embed_dim, nn.LayerNorm, spatial_dims)
+        if patch_embed not in ("linear", "conv"):
+            raise ValueError(f"patch_embed must be 'linear' or 'conv', got patch_embed={patch_embed!r}.")
+        self.patch_embed: nn.Module = (
+            PatchEmbed(patch_size, in_channels, embed_dim, nn.LayerNorm, spatial_dims)
+            if patch_embed == "linear"
+            else ConvPatchEmbed(patch_size, in_channels, embed_dim, spatial_dims)
+        )
         self.pos_drop = nn.Dropout(drop_rate)
         rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         self.channels = [embed_dim * 2**i for i in range(len(depths))]

@@ -243,6 +243,10 @@ class DSTransUNet(nn.Module):
         stem: the full-resolution stem: ``"linear"`` (the authors': a 1x1 conv of the image, so the
             full-resolution skip carries no features of its own) or ``"conv"`` (two 3x3 conv, GroupNorm
             and ReLU blocks, as a UNet's first stage: local features at full resolution, for thin structures).
+        patch_embed: how both Swin branches embed patches: ``"linear"`` (Swin's and the authors': one
+            linear map of each patch's pixels; ImageNet weights load into it) or ``"conv"`` (early
+            convolutions, :class:`~bundle.networks.blocks.swin.ConvPatchEmbed`: stride-2 3x3 convs, so
+            the tokens start from local features; ImageNet weights then load into everything else).
         deep_supervision: in training mode, also return the two auxiliary logits (from the deepest
             skip and from the H/4 decoder stage, upsampled to the input size), as
             ``[main, aux_deep, aux_quarter]`` for ``monai.losses.DeepSupervisionLoss``.
@@ -291,6 +295,7 @@ class DSTransUNet(nn.Module):
         norm_groups: int = 32,
         stem_channels: int | None = None,
         stem: str = "linear",
+        patch_embed: str = "linear",
         deep_supervision: bool = False,
         aux_relu: bool = False,
         use_checkpoint: bool = False,
@@ -352,6 +357,7 @@ class DSTransUNet(nn.Module):
             drop_rate=drop_rate,
             attn_drop_rate=attn_drop_rate,
             use_checkpoint=use_checkpoint,
+            patch_embed=patch_embed,
         )
         self.fine_branch = SwinBranch(
             spatial_dims,
