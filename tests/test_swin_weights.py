@@ -397,7 +397,7 @@ def test_conv_patch_embedding_keeps_its_own_weights_and_loads_the_rest(swin_t):
     model = DSTransUNet(preset="tiny", embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), patch_embed="conv")
     before = {k: v.clone() for k, v in model.fine_branch.patch_embed.state_dict().items()}
     report = load_swin_weights(model.fine_branch, swin_t.state_dict(), target_name="fine branch")
-    assert report.dropped["embeddings.patch_embeddings.projection.weight"] == (
+    assert report.dropped["patch_embed.proj.weight"] == (
         "the branch embeds patches with convolutions (patch_embed='conv')"
     )
     assert not report.adapted and "patch_embed.proj.weight" in report.initial
