@@ -373,6 +373,7 @@ class ConvPatchEmbed(nn.Module):
         steps = int(math.log2(patch_size)) if patch_size > 1 else 0
         if patch_size < 2 or 2**steps != patch_size:
             raise ValueError(f"ConvPatchEmbed needs a patch_size that is a power of 2 (2, 4, 8...), got {patch_size}.")
+        # halving back from embed_dim, one width per stride; at least 8 channels for the first convolutions
         widths = [max(8, embed_dim // 2 ** (steps - 1 - i)) for i in range(steps)]
         self.convs = nn.Sequential(
             *[
