@@ -370,8 +370,8 @@ class ConvPatchEmbed(nn.Module):
         self, patch_size: int, in_channels: int, embed_dim: int, spatial_dims: int = 2, norm_groups: int = 32
     ) -> None:
         super().__init__()
-        steps = int(math.log2(patch_size)) if patch_size > 1 else 0
-        if patch_size < 2 or 2**steps != patch_size:
+        steps = patch_size.bit_length() - 1  # log2 of a power of 2
+        if patch_size < 2 or patch_size & (patch_size - 1):
             raise ValueError(f"ConvPatchEmbed needs a patch_size that is a power of 2 (2, 4, 8...), got {patch_size}.")
         # halving back from embed_dim, one width per stride; at least 8 channels for the first convolutions
         widths = [max(8, embed_dim // 2 ** (steps - 1 - i)) for i in range(steps)]
