@@ -154,6 +154,11 @@ def test_multi_class_label_maps(tmp_path):
     root = tmp_path / "b"
     run_bundle(["training", "--config_file", "configs/train.yaml", "--bundle_root", root, "--dataset_dir", data,
                 "--out_channels", "3", "--max_epochs", "1", *SMALL[2:]])  # fmt: skip
+    # one validation image: the plan keeps the final weights, and model.pt holds what checkpoint.pt's run ended with
+    assert json.loads((root / "runs" / "train" / "plan.json").read_text())["keep_weights"] == "final"
+    kept = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
+    final = torch.load(root / "models" / "checkpoint.pt", map_location="cpu", weights_only=True)["model"]
+    assert kept.keys() == final.keys() and all(torch.equal(kept[k], final[k]) for k in kept)
     out = tmp_path / "out"
     run_bundle(["--config_file", "configs/inference.yaml", "--bundle_root", root, "--out_channels", "3",
                 "--inputs", data / "images" / "c0.png", "--output_dir", out])  # fmt: skip
@@ -343,6 +348,39 @@ def test_atomic_checkpoints_keep_the_old_file_when_a_save_fails(tmp_path):
     assert (tmp_path / "roll" / "checkpoint_epoch=1.pt").is_file()
     rolling({"e": 2}, "checkpoint_epoch=2.pt")
     assert sorted(p.name for p in (tmp_path / "roll").iterdir()) == ["checkpoint_epoch=2.pt"]
+
+
+@pytest.mark.parametrize("keep_weights", ["best", "final"])
+def test_model_pt_holds_the_weights_the_plan_keeps(tmp_path, keep_weights):
+    """train.yaml's model.pt saver, as configured: with keep_weights best only a better validation replaces
+    model.pt; with final every validation does, so the last one (after the last epoch) leaves the final weights."""
+    from types import SimpleNamespace
+
+    from ignite.engine import Engine, Events
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(REPO / "configs" / "train.yaml")
+    network = torch.nn.Linear(1, 1, bias=False)
+    parser["validated_network"] = network
+    parser["plan"] = SimpleNamespace(keep_weights=keep_weights)
+    parser["ckpt_dir"] = str(tmp_path)
+    saver = parser.get_parsed_content("validate#best_model_saver")
+    dice = [0.5, 0.7, 0.6]  # the second validation is the best, the third the last
+
+    evaluator = Engine(lambda engine, batch: None)
+
+    @evaluator.on(Events.EPOCH_COMPLETED)
+    def validated(engine):  # as a validation run ends: this epoch's weights and Dice
+        network.weight.data.fill_(float(engine.state.epoch))
+        engine.state.metrics["val_mean_dice"] = dice[engine.state.epoch - 1]
+
+    evaluator.state.key_metric_name = "val_mean_dice"  # what MONAI's SupervisedEvaluator sets
+    saver.attach(evaluator)
+    evaluator.run([0], max_epochs=3)
+    kept = torch.load(tmp_path / "model.pt", weights_only=True)["weight"].item()
+    assert kept == {"best": 2.0, "final": 3.0}[keep_weights]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
 
 
 def test_model_weights_that_do_not_fit_are_one_clear_error(tmp_path):

@@ -216,6 +216,23 @@ def test_given_settings_win_and_are_recorded(tmp_path):
     assert no_tta.flip_tta is False and no_tta.given["flip_tta"] is False
 
 
+def test_plan_keeps_the_final_weights_when_validation_is_too_small_to_choose(tmp_path):
+    """Fewer than MIN_VALIDATION_TO_CHOOSE validation images: model.pt keeps the final weights (stated in the
+    reasons); enough of them: the best validation Dice's; a given setting wins; the demo keeps the best."""
+    from bundle.workflows.planning import MIN_VALIDATION_TO_CHOOSE
+
+    pairs = _write_pairs(tmp_path / "blobs", [_blob((128, 128), 40)] * 2, (128, 128))
+    few = _plan(pairs, tmp_path / "a", max_epochs=1, image_size=[64, 64])
+    assert few.keep_weights == "final" and any("final weights" in r for r in few.reasons)
+    assert read_plan(tmp_path / "a" / "run")["keep_weights"] == "final"
+    enough = _plan(pairs, tmp_path / "b", max_epochs=1, image_size=[64, 64],
+                   datalists={"training": pairs, "validation": pairs[:1] * MIN_VALIDATION_TO_CHOOSE})  # fmt: skip
+    assert enough.keep_weights == "best"
+    given = _plan(pairs, tmp_path / "c", max_epochs=1, image_size=[64, 64], keep_weights="best")
+    assert given.keep_weights == "best" and given.given["keep_weights"] == "best"
+    assert _plan([], tmp_path / "d", demo=True).keep_weights == "best"
+
+
 def test_evaluation_follows_the_recorded_test_time_augmentation(tmp_path):
     """Evaluation and inference use the run's flip_tta; a run planned before it existed had none; a given
     setting wins; a bad one is one clear error."""
@@ -253,6 +270,7 @@ def test_demo_plan_is_fixed_and_fast(tmp_path):
         ("time_budget_minutes", -1),
         ("deep_supervision_weights", [0.6, -0.2]),
         ("flip_tta", "yes"),
+        ("keep_weights", "last"),
     ],
 )
 def test_bad_settings_are_one_clear_error(tmp_path, setting, value):

@@ -43,9 +43,15 @@ def _performance(net: Dict[str, Any], run: Dict[str, Any], checks: Dict[str, flo
         perf += [f"| {k} | {_fmt(v)} |" for k, v in run["eval"].items()]
         perf.append("")
     if "best_val_dice" in run:
+        kept = (
+            f"`models/model.pt` holds the final weights, of epoch {run.get('epochs', '?')}: the validation split was "
+            "too small to choose weights from"
+            if run.get("keep_weights") == "final"
+            else "`models/model.pt` holds the weights of that epoch"
+        )
         perf.append(
             f"Best validation mean Dice during training: {run['best_val_dice']:.4f} (epoch {run['best_epoch']} of "
-            f"{run.get('epochs', '?')}; `models/model.pt` holds the weights of that epoch)."
+            f"{run.get('epochs', '?')}; {kept})."
         )
     if not perf:
         perf.append("Not measured: the run had no `eval/metrics.csv` or `models/checkpoint.pt` when it was exported.")

@@ -27,8 +27,8 @@ logger = logging.getLogger(__name__)
 
 
 def read_run(bundle_root: Path) -> Dict[str, Any]:
-    """Epochs trained and best validation Dice (``models/checkpoint.pt``), the split (``runs/train/datalist.json``)
-    and test figures (``eval/``, written by ``configs/evaluate.yaml``), each where present."""
+    """Epochs trained and best validation Dice (``models/checkpoint.pt``), which weights ``model.pt`` kept
+    (``runs/train/plan.json``), the split (``runs/train/datalist.json``) and test figures (``eval/``, written by ``configs/evaluate.yaml``), each where present."""
     run: Dict[str, Any] = {}
     checkpoint_path = bundle_root / "models" / "checkpoint.pt"
     if checkpoint_path.is_file():
@@ -41,6 +41,10 @@ def read_run(bundle_root: Path) -> Dict[str, Any]:
             run["epochs"] = trainer.get("epoch") or trainer["iteration"] // max(1, trainer["epoch_length"])
         if "best_metric" in saver and saver.get("best_metric_epoch", -1) >= 0:
             run["best_val_dice"], run["best_epoch"] = float(saver["best_metric"]), int(saver["best_metric_epoch"])
+    plan_path = bundle_root / "runs" / "train" / "plan.json"
+    if plan_path.is_file():
+        with open(plan_path) as f:
+            run["keep_weights"] = json.load(f).get("keep_weights", "best")
     datalist_path = bundle_root / "runs" / "train" / "datalist.json"
     if datalist_path.is_file():
         with open(datalist_path) as f:

@@ -423,8 +423,8 @@ class RunRecordWriter:
 class TrackingRecord:
     """Complete the MLflow run that ``--tracking mlflow`` records (MONAI's ``MLFlowHandler``, which logs
     the loss, the learning rate, the validation metrics and the executed config) with what it cannot
-    know: the plan's settings as parameters when training starts, and ``model.pt`` (the best
-    validation model), ``plan.json`` and ``datalist.json`` as artifacts after the last epoch; a run
+    know: the plan's settings as parameters when training starts, and ``model.pt`` (the weights the
+    plan keeps: best validation or final), ``plan.json`` and ``datalist.json`` as artifacts after the last epoch; a run
     that raises is marked FAILED instead of being left RUNNING. Does nothing when no MLflow handler
     is attached to the trainer (no ``--tracking``).
 

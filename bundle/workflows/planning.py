@@ -36,6 +36,10 @@ ours and short enough to state:
 6. Flip test-time augmentation (``flip_tta``) in validation, evaluation and inference on whole images,
    where the image and its flips run as one batch at the network's scale; not on native patches, where
    every sliding window would run three times.
+7. Weights kept in ``model.pt`` (``keep_weights``): those of the best validation Dice, unless the
+   validation split has fewer than ``MIN_VALIDATION_TO_CHOOSE`` images; then the final weights (the end
+   of the cosine decay), as nnU-Net keeps. On DRIVE's 2 validation images the best-validation pick was
+   worse on the 20 official test images than the final weights in 3 runs of 3 (docs/recipe.md).
 
 Every setting given on the command line (anything but ``auto``) wins over the plan and is recorded
 as given. The plan is written to ``output_dir/plan.json`` and logged in plain words; a resumed run
@@ -86,12 +90,16 @@ PATCH_BATCH, PATCH_CROPS = 4, 4
 # validating Kvasir-SEG's 100 images every 2 epochs took 14% of an hour's training (8.7 minutes, 2026-12-02)
 VALIDATION_SHARE = 0.05
 MIN_VALIDATIONS = 10
+# fewer validation images than this: the best validation Dice picks noise, so model.pt keeps the final weights
+MIN_VALIDATION_TO_CHOOSE = 10
+KEEP_WEIGHTS = ("best", "final")
 DEMO = dict(
-    image_size=None, roi_size=[64, 64], batch_size=4, crops_per_image=4, max_epochs=30, flip_tta=False, val_interval=2
+    image_size=None, roi_size=[64, 64], batch_size=4, crops_per_image=4, max_epochs=30, flip_tta=False, val_interval=2,
+    keep_weights="best",  # the demo exercises the best-model tracking (its split has 1 validation image)
 )
 PLANNED = (
     "image_size", "roi_size", "batch_size", "crops_per_image", "max_epochs", "intensity", "deep_supervision_weights",
-    "flip_tta", "val_interval",
+    "flip_tta", "val_interval", "keep_weights",
 )
 AUTHORS_DEEP_SUPERVISION = [0.6, 0.2, 0.2]  # main, deepest auxiliary, quarter-resolution auxiliary
 MAIN_OUTPUT_ONLY = [1.0, 0.0, 0.0]
@@ -114,6 +122,7 @@ class TrainingPlan:
     deep_supervision_weights: List[float] = field(default_factory=lambda: list(AUTHORS_DEEP_SUPERVISION))
     flip_tta: bool = False  # validation, evaluation and inference average the logits over the image and its flips
     val_interval: int = 2  # validate every N epochs (2: the fixed setting of runs planned before it was planned)
+    keep_weights: str = "best"  # model.pt: the best validation Dice's weights, or the final ones
     given: Dict[str, Any] = field(default_factory=dict)
     settings: Dict[str, Any] = field(default_factory=dict)  # what a resumed run must match (preset, channels, network)
     time_budget_minutes: float | None = None
@@ -446,6 +455,7 @@ def check_planned_settings(
     deep_supervision_weights: Any = AUTO,
     flip_tta: Any = AUTO,
     val_interval: Any = AUTO,
+    keep_weights: Any = AUTO,
 ) -> Dict[str, Any]:
     """The settings given (not ``auto``), checked and normalised; a bad one is a one-line error."""
     requested = dict(
@@ -458,6 +468,7 @@ def check_planned_settings(
         deep_supervision_weights=deep_supervision_weights,
         flip_tta=flip_tta,
         val_interval=val_interval,
+        keep_weights=keep_weights,
     )
     given: Dict[str, Any] = {}
     for key, value in requested.items():
@@ -466,6 +477,10 @@ def check_planned_settings(
         if key == "intensity":
             if value not in INTENSITIES:
                 raise BundleInputError(f"--intensity {value!r}: give auto, {' or '.join(INTENSITIES)}.")
+            given[key] = value
+        elif key == "keep_weights":
+            if value not in KEEP_WEIGHTS:
+                raise BundleInputError(f"--keep_weights {value!r}: give auto, {' or '.join(KEEP_WEIGHTS)}.")
             given[key] = value
         elif key == "deep_supervision_weights":
             given[key] = _weights_setting(key, value)
@@ -511,6 +526,7 @@ def plan_training(
     max_grad_norm: float = 0.0,
     flip_tta: Any = AUTO,
     amp: bool = False,
+    keep_weights: Any = AUTO,
 ) -> TrainingPlan:
     """Resolve the ``auto`` settings of a training run from its data and device (see the module
     docstring), write ``output_dir/plan.json`` and log the plan. Given settings are kept as given.
@@ -523,7 +539,7 @@ def plan_training(
     ``amp`` (fp16 on CUDA, bf16 on the CPU). The plan is written by :func:`write_plan` when training starts, not here."""
     given = check_planned_settings(
         image_size, roi_size, batch_size, crops_per_image, max_epochs, time_budget_minutes, intensity,
-        deep_supervision_weights, flip_tta, val_interval,
+        deep_supervision_weights, flip_tta, val_interval, keep_weights,
     )
     resume, amp = flag("resume", resume), flag("amp", amp)
     path = Path(output_dir) / PLAN_FILE
@@ -655,6 +671,14 @@ def _make_plan(
             if flip_tta
             else "native-resolution patches: no flip test-time augmentation (it would triple the windows)"
         )
+    keep_weights = given.get("keep_weights", "final" if len(val) < MIN_VALIDATION_TO_CHOOSE else "best")
+    if "keep_weights" not in given:
+        reasons.append(
+            f"{len(val)} validation image(s), fewer than {MIN_VALIDATION_TO_CHOOSE}: model.pt keeps the final weights "
+            "(the best validation Dice of so few images picks noise)"
+            if keep_weights == "final"
+            else f"{len(val)} validation images: model.pt keeps the weights of the best validation Dice"
+        )
     if not fits and "deep_supervision_weights" not in given:
         reasons.append(
             f"structures too thin for the auxiliary heads at 1/32 and 1/4 of the input: deep supervision weights "
@@ -738,6 +762,7 @@ def _make_plan(
             max_epochs=given["max_epochs"],
             deep_supervision_weights=weights,
             flip_tta=flip_tta,
+            keep_weights=keep_weights,
             fingerprint=fp,
             timing=timing,
             reasons=reasons,
@@ -794,6 +819,7 @@ def _make_plan(
         deep_supervision_weights=weights,
         flip_tta=flip_tta,
         val_interval=interval,
+        keep_weights=keep_weights,
         fingerprint=fp,
         timing=timing,
         reasons=reasons,
@@ -825,8 +851,8 @@ def _log_plan(plan: TrainingPlan, path: Path) -> None:
         else (f"native-resolution patches of {plan.roi_size[0]}x{plan.roi_size[1]}")
     )
     logger.info(
-        "Plan: %s, batch %d x %d, %d epochs validated every %d, %s intensities, %s (%s). Given: %s. Written to %s "
-        "when training starts.",
+        "Plan: %s, batch %d x %d, %d epochs validated every %d, %s intensities, %s, model.pt: %s (%s). Given: %s. "
+        "Written to %s when training starts.",
         scale,
         plan.batch_size,
         plan.crops_per_image,
@@ -834,6 +860,7 @@ def _log_plan(plan: TrainingPlan, path: Path) -> None:
         plan.val_interval,
         "ImageNet mean/std" if plan.intensity == "imagenet" else "min/max-scaled",
         "flip test-time augmentation" if plan.flip_tta else "no test-time augmentation",
+        "the final weights" if plan.keep_weights == "final" else "the best validation Dice's weights",
         "; ".join(plan.reasons),
         ", ".join(f"{k}={v}" for k, v in plan.given.items()) or "nothing",
         path,
