@@ -63,3 +63,12 @@ def test_conv_patch_embedding_gives_the_linear_token_grid(spatial_dims, size):
         ConvPatchEmbed(6, 3, 24)
     with pytest.raises(ValueError, match="patch_embed must be 'linear' or 'conv', got patch_embed='early'"):
         SwinBranch(2, 3, 16, (2,), (1,), 4, patch_embed="early")
+
+
+def test_ds_transunet_gives_its_norm_groups_to_the_early_convolutions():
+    from bundle.networks import DSTransUNet
+
+    net = DSTransUNet(preset="tiny", patch_embed="conv", norm_groups=4)
+    for branch in (net.fine_branch, net.coarse_branch):
+        assert [c.adn.N.num_groups for c in branch.patch_embed.convs] == [4] * len(branch.patch_embed.convs)
+    assert net.stem_half[1].adn.N.num_groups == 4  # as its conv blocks

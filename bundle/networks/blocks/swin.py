@@ -32,7 +32,7 @@ from typing import List, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from monai.networks.blocks import Convolution, PatchEmbed
+from monai.networks.blocks import PatchEmbed
 from monai.networks.layers import Conv
 from monai.networks.nets.swin_unetr import (
     PatchMergingV2,
@@ -41,6 +41,7 @@ from monai.networks.nets.swin_unetr import (
 )
 from monai.utils import ensure_tuple_rep
 
+from bundle.networks.blocks.conv import conv_norm_relu
 from bundle.networks.blocks.mlp import prenorm_mlp
 from bundle.networks.memory import checkpoint, recomputes, release_heap_in_backward
 from bundle.networks.padding import pad_to_multiple, padded_sizes
@@ -377,16 +378,7 @@ class ConvPatchEmbed(nn.Module):
         widths = [max(8, embed_dim // 2 ** (steps - 1 - i)) for i in range(steps)]
         self.convs = nn.Sequential(
             *[
-                Convolution(
-                    spatial_dims,
-                    c_in,
-                    c_out,
-                    strides=2,
-                    kernel_size=3,
-                    act="relu",
-                    norm=("group", {"num_groups": math.gcd(norm_groups, c_out)}),
-                    bias=True,
-                )
+conv_norm_relu(spatial_dims, c_in, c_out, 3, norm_groups, strides=2)
                 for c_in, c_out in zip([in_channels] + widths[:-1], widths)
             ]
         )
@@ -421,6 +413,7 @@ class SwinBranch(nn.Module):
         use_checkpoint: activation checkpointing inside each block.
         patch_embed: ``"linear"`` (Swin's: one linear map of each patch's pixels, MONAI's ``PatchEmbed``)
             or ``"conv"`` (early convolutions, :class:`ConvPatchEmbed`).
+        norm_groups: GroupNorm groups of the early convolutions (``patch_embed="conv"``).
     """
 
     def __init__(
@@ -439,6 +432,7 @@ class SwinBranch(nn.Module):
         drop_path_rate: float = 0.0,
         use_checkpoint: bool = False,
         patch_embed: str = "linear",
+        norm_groups: int = 32,
     ) -> None:
         super().__init__()
         if len(depths) != len(num_heads):
@@ -448,7 +442,7 @@ class SwinBranch(nn.Module):
         self.patch_embed: nn.Module = (
             PatchEmbed(patch_size, in_channels, embed_dim, nn.LayerNorm, spatial_dims)
             if patch_embed == "linear"
-            else ConvPatchEmbed(patch_size, in_channels, embed_dim, spatial_dims)
+            else ConvPatchEmbed(patch_size, in_channels, embed_dim, spatial_dims, norm_groups)
         )
         self.pos_drop = nn.Dropout(drop_rate)
         rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from monai.networks.layers import Pool
 
+from bundle.networks.blocks.conv import conv_norm_relu
 from bundle.networks.blocks.swin import SwinBranch, SwinStage
 from bundle.networks.blocks.tif import TIF
 from bundle.networks.memory import cheap_recomputation, checkpoint, recomputes, release_heap_in_backward
@@ -72,23 +73,6 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         coarse_drop_path_rate=0.1,
     ),
 }
-
-
-def _conv(
-    spatial_dims: int, in_channels: int, out_channels: int, kernel_size: int, groups: int = 0, relu: bool = True
-) -> Convolution:
-    """Conv with bias, then GroupNorm (when ``groups``) and ReLU (when ``relu``)."""
-    norm = ("group", {"num_groups": math.gcd(groups, out_channels)}) if groups else None
-    return Convolution(
-        spatial_dims,
-        in_channels,
-        out_channels,
-        kernel_size=kernel_size,
-        act="relu" if relu else None,
-        norm=norm,
-        bias=True,
-        conv_only=not (relu or groups),
-    )
 
 
 class UpConv(Convolution):
@@ -143,7 +127,7 @@ class ConvDecoderStage(nn.Module):
     def __init__(self, spatial_dims: int, in_channels: int, skip_channels: int, out_channels: int, groups: int) -> None:
         super().__init__()
         self.up = UpConv(spatial_dims, in_channels, out_channels, groups)
-        self.fuse = _conv(spatial_dims, skip_channels + out_channels, out_channels, 3)
+        self.fuse = conv_norm_relu(spatial_dims, skip_channels + out_channels, out_channels, 3)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return self.fuse(torch.cat([skip, self.up(x)], dim=1))
@@ -178,9 +162,9 @@ class SwinDecoderStage(nn.Module):
             spatial_dims=spatial_dims,
             use_checkpoint=use_checkpoint,
         )
-        self.reduce = _conv(spatial_dims, mid, quarter, 1)
-        self.skip_reduce = _conv(spatial_dims, skip_channels, quarter, 1)
-        self.fuse = _conv(spatial_dims, 2 * quarter, mid, 3)
+        self.reduce = conv_norm_relu(spatial_dims, mid, quarter, 1)
+        self.skip_reduce = conv_norm_relu(spatial_dims, skip_channels, quarter, 1)
+        self.fuse = conv_norm_relu(spatial_dims, 2 * quarter, mid, 3)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = self.swin(self.up(x).movedim(1, -1)).movedim(-1, 1)
@@ -358,6 +342,7 @@ class DSTransUNet(nn.Module):
             attn_drop_rate=attn_drop_rate,
             use_checkpoint=use_checkpoint,
             patch_embed=patch_embed,
+            norm_groups=norm_groups,
         )
         self.fine_branch = SwinBranch(
             spatial_dims,
@@ -393,7 +378,7 @@ class DSTransUNet(nn.Module):
         )
         self.skip_blocks = nn.ModuleList(
             [
-                nn.Sequential(_conv(spatial_dims, c + cs, c, 3, norm_groups), _conv(spatial_dims, c, c, 3, norm_groups))
+                nn.Sequential(conv_norm_relu(spatial_dims, c + cs, c, 3, norm_groups), conv_norm_relu(spatial_dims, c, c, 3, norm_groups))
                 for c, cs in zip(channels, coarse_channels)
             ]
         )
@@ -423,23 +408,23 @@ class DSTransUNet(nn.Module):
         if width < 1:
             raise ValueError(f"DSTransUNet stem_channels must be a positive number of channels, got {stem_channels}.")
         self.stem_full: nn.Module = (
-            _conv(spatial_dims, in_channels, width, 1, relu=False)
+            conv_norm_relu(spatial_dims, in_channels, width, 1, relu=False)
             if stem == "linear"
             else nn.Sequential(
-                _conv(spatial_dims, in_channels, width, 3, norm_groups),
-                _conv(spatial_dims, width, width, 3, norm_groups),
+                conv_norm_relu(spatial_dims, in_channels, width, 3, norm_groups),
+                conv_norm_relu(spatial_dims, width, width, 3, norm_groups),
             )
         )
         self.stem_half = nn.Sequential(
             Pool[Pool.MAX, spatial_dims](kernel_size=2, stride=2),
-            _conv(spatial_dims, width, 2 * width, 3, norm_groups),
-            _conv(spatial_dims, 2 * width, 2 * width, 3, norm_groups),
+            conv_norm_relu(spatial_dims, width, 2 * width, 3, norm_groups),
+            conv_norm_relu(spatial_dims, 2 * width, 2 * width, 3, norm_groups),
         )
         self.decoder.append(ConvDecoderStage(spatial_dims, dim, 2 * width, 2 * width, norm_groups))
         self.decoder.append(ConvDecoderStage(spatial_dims, 2 * width, width, width, norm_groups))
-        self.head = _conv(spatial_dims, width, out_channels, 1, relu=False)
+        self.head = conv_norm_relu(spatial_dims, width, out_channels, 1, relu=False)
         self.aux_heads = nn.ModuleList(
-            [_conv(spatial_dims, c, out_channels, 1, relu=aux_relu) for c in (channels[-1], channels[0])]
+            [conv_norm_relu(spatial_dims, c, out_channels, 1, relu=aux_relu) for c in (channels[-1], channels[0])]
             if deep_supervision
             else []
         )
