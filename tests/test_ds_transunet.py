@@ -215,6 +215,20 @@ def test_conv_stem_gives_the_full_resolution_skip_local_features():
         DSTransUNet(preset="tiny", stem="deep")
 
 
+def test_stem_decoder_convs_deepen_the_half_and_full_resolution_stages():
+    authors, deeper = DSTransUNet(preset="tiny"), DSTransUNet(preset="tiny", stem_decoder_convs=2).eval()
+    assert not any(".refine." in k for k in authors.state_dict())  # the authors' keys, unchanged
+    refined = {k.split(".refine.")[0] for k in deeper.state_dict() if ".refine." in k}
+    n = len(deeper.decoder)
+    assert refined == {f"decoder.{n - 2}", f"decoder.{n - 1}"}  # only the two stages the stem feeds
+    assert [len(deeper.decoder[i].refine) for i in (n - 2, n - 1)] == [1, 1]
+    with torch.no_grad():
+        assert deeper(torch.rand(1, 3, 64, 96)).shape == (1, 1, 64, 96)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="stem_decoder_convs must be 1 or more"):
+            DSTransUNet(preset="tiny", stem_decoder_convs=bad)
+
+
 def test_3d_volumes():
     model = DSTransUNet(spatial_dims=3, in_channels=1, out_channels=2, preset="tiny", embed_dim=16,
                         num_heads=(1, 1, 2, 2), coarse_embed_dim=16, coarse_num_heads=(1, 1, 2, 2), window_size=4).eval()  # fmt: skip

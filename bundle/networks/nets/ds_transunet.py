@@ -122,15 +122,22 @@ def upsampled_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
 
 
 class ConvDecoderStage(nn.Module):
-    """Up-convolve ``x``, concatenate ``(skip, x)``, 3x3 conv + ReLU (the authors' ``Decoder``)."""
+    """Up-convolve ``x``, concatenate ``(skip, x)``, 3x3 conv + ReLU (the authors' ``Decoder``); with
+    ``convs`` > 1, that many - 1 more 3x3 conv + GroupNorm + ReLU blocks (``refine``), as a U-Net decoder
+    block has two."""
 
-    def __init__(self, spatial_dims: int, in_channels: int, skip_channels: int, out_channels: int, groups: int) -> None:
+    def __init__(
+        self, spatial_dims: int, in_channels: int, skip_channels: int, out_channels: int, groups: int, convs: int = 1
+    ) -> None:
         super().__init__()
         self.up = UpConv(spatial_dims, in_channels, out_channels, groups)
         self.fuse = conv_norm_relu(spatial_dims, skip_channels + out_channels, out_channels, 3)
+        self.refine = nn.Sequential(
+            *[conv_norm_relu(spatial_dims, out_channels, out_channels, 3, groups) for _ in range(convs - 1)]
+        )
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.fuse(torch.cat([skip, self.up(x)], dim=1))
+        return self.refine(self.fuse(torch.cat([skip, self.up(x)], dim=1)))
 
 
 class SwinDecoderStage(nn.Module):
@@ -231,6 +238,8 @@ class DSTransUNet(nn.Module):
             linear map of each patch's pixels; ImageNet weights load into it) or ``"conv"`` (early
             convolutions, :class:`~bundle.networks.blocks.swin.ConvPatchEmbed`: stride-2 3x3 convs, so
             the tokens start from local features; ImageNet weights then load into everything else).
+        stem_decoder_convs: 3x3 conv blocks in each of the two decoder stages fed by the stem (half and full
+            resolution) once the skip is joined: 1, the authors'; 2, as a U-Net decoder block.
         deep_supervision: in training mode, also return the two auxiliary logits (from the deepest
             skip and from the H/4 decoder stage, upsampled to the input size), as
             ``[main, aux_deep, aux_quarter]`` for ``monai.losses.DeepSupervisionLoss``.
@@ -280,6 +289,7 @@ class DSTransUNet(nn.Module):
         stem_channels: int | None = None,
         stem: str = "linear",
         patch_embed: str = "linear",
+        stem_decoder_convs: int = 1,
         deep_supervision: bool = False,
         aux_relu: bool = False,
         use_checkpoint: bool = False,
@@ -297,6 +307,8 @@ class DSTransUNet(nn.Module):
             raise ValueError(f"DSTransUNet decoder must be 'swin' or 'conv', got decoder={decoder!r}.")
         if stem not in ("linear", "conv"):
             raise ValueError(f"DSTransUNet stem must be 'linear' or 'conv', got stem={stem!r}.")
+        if isinstance(stem_decoder_convs, bool) or not isinstance(stem_decoder_convs, int) or stem_decoder_convs < 1:
+            raise ValueError(f"DSTransUNet stem_decoder_convs must be 1 or more, got {stem_decoder_convs!r}.")
         if patch_size != 4:
             raise ValueError(f"DSTransUNet's decoder ends in two x2 stages, so patch_size must be 4, got {patch_size}.")
         if coarse_patch_size % patch_size:
@@ -420,8 +432,8 @@ class DSTransUNet(nn.Module):
             conv_norm_relu(spatial_dims, width, 2 * width, 3, norm_groups),
             conv_norm_relu(spatial_dims, 2 * width, 2 * width, 3, norm_groups),
         )
-        self.decoder.append(ConvDecoderStage(spatial_dims, dim, 2 * width, 2 * width, norm_groups))
-        self.decoder.append(ConvDecoderStage(spatial_dims, 2 * width, width, width, norm_groups))
+        for c_in, c_out in ((dim, 2 * width), (2 * width, width)):
+            self.decoder.append(ConvDecoderStage(spatial_dims, c_in, c_out, c_out, norm_groups, stem_decoder_convs))
         self.head = conv_norm_relu(spatial_dims, width, out_channels, 1, relu=False)
         self.aux_heads = nn.ModuleList(
             [conv_norm_relu(spatial_dims, c, out_channels, 1, relu=aux_relu) for c in (channels[-1], channels[0])]
