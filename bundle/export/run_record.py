@@ -28,7 +28,8 @@ logger = logging.getLogger(__name__)
 
 def read_run(bundle_root: Path) -> Dict[str, Any]:
     """Epochs trained and best validation Dice (``models/checkpoint.pt``), which weights ``model.pt`` kept
-    (``runs/train/plan.json``), the split (``runs/train/datalist.json``) and test figures (``eval/``, written by ``configs/evaluate.yaml``), each where present."""
+    (``runs/train/plan.json``), the split (``runs/train/datalist.json``) and test figures (``eval/``, written
+    by ``configs/evaluate.yaml``), each where present."""
     run: Dict[str, Any] = {}
     checkpoint_path = bundle_root / "models" / "checkpoint.pt"
     if checkpoint_path.is_file():

@@ -390,7 +390,10 @@ class DSTransUNet(nn.Module):
         )
         self.skip_blocks = nn.ModuleList(
             [
-                nn.Sequential(conv_norm_relu(spatial_dims, c + cs, c, 3, norm_groups), conv_norm_relu(spatial_dims, c, c, 3, norm_groups))
+                nn.Sequential(
+                    conv_norm_relu(spatial_dims, c + cs, c, 3, norm_groups),
+                    conv_norm_relu(spatial_dims, c, c, 3, norm_groups),
+                )
                 for c, cs in zip(channels, coarse_channels)
             ]
         )
