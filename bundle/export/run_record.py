@@ -20,6 +20,7 @@ from typing import Any, Dict
 
 
 from bundle.workflows.checkpoints import read_checkpoint
+from bundle.workflows.planning import read_plan
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +43,9 @@ def read_run(bundle_root: Path) -> Dict[str, Any]:
             run["epochs"] = trainer.get("epoch") or trainer["iteration"] // max(1, trainer["epoch_length"])
         if "best_metric" in saver and saver.get("best_metric_epoch", -1) >= 0:
             run["best_val_dice"], run["best_epoch"] = float(saver["best_metric"]), int(saver["best_metric_epoch"])
-    plan_path = bundle_root / "runs" / "train" / "plan.json"
-    if plan_path.is_file():
-        with open(plan_path) as f:
-            run["keep_weights"] = json.load(f).get("keep_weights", "best")
+    plan = read_plan(bundle_root / "runs" / "train")
+    if plan:
+        run["keep_weights"] = plan.get("keep_weights", "best")
     datalist_path = bundle_root / "runs" / "train" / "datalist.json"
     if datalist_path.is_file():
         with open(datalist_path) as f:
