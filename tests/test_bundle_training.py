@@ -57,6 +57,10 @@ def test_training_on_demo_data(demo_run):
     models = root / "models"
     state = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
     assert "head.conv.weight" in state or any(k.startswith("head") for k in state)
+    # train.yaml's network from scratch: early convolutions embed the patches, two conv blocks where the stem joins
+    assert "fine_branch.patch_embed.convs.0.conv.weight" in state and "coarse_branch.patch_embed.convs.0.conv.weight" in state
+    assert any(k.startswith("decoder.4.refine.0.") for k in state)
+    assert json.loads((root / "runs" / "train" / "plan.json").read_text())["settings"]["pretrained"] is False
     resumable = torch.load(models / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert set(resumable) >= {"model", "optimizer", "lr_scheduler", "trainer", "best_model_saver"}
     assert "weight_average" not in resumable
@@ -395,9 +399,21 @@ def test_model_weights_that_do_not_fit_are_one_clear_error(tmp_path):
     # the same preset and channels, another window: the message names the tensor and the other setting
     with pytest.raises(BundleInputError, match=r"size mismatch for .*relative_position.*as this network: another"):
         load_model_weights(DSTransUNet(preset="tiny", out_channels=1, window_size=4), tmp_path / "model.pt")
-    # a model of the authors' stem (the configs before the conv stem) under train.yaml's network: the stem to give
-    with pytest.raises(BundleInputError, match="its stem is 'linear' with 8 channels: give --network_def#stem linear"):
-        load_model_weights(DSTransUNet(preset="tiny", stem="conv", stem_channels=16), tmp_path / "model.pt")
+    # a model of the class defaults (the authors' stem, patch embedding and decoder) under train.yaml's network:
+    # each setting to give
+    configs_network = DSTransUNet(preset="tiny", stem="conv", stem_channels=16, patch_embed="conv", stem_decoder_convs=2)
+    with pytest.raises(BundleInputError) as error:
+        load_model_weights(configs_network, tmp_path / "model.pt")
+    assert str(error.value).endswith(
+        "as this network, but it was built otherwise: give --network_def#stem linear --network_def#stem_channels 8 "
+        "--network_def#patch_embed linear --network_def#stem_decoder_convs 1."
+    )
+    # only the setting that differs is named
+    torch.save(configs_network.state_dict(), tmp_path / "configs.pt")
+    with pytest.raises(BundleInputError, match=r"give --network_def#stem_decoder_convs 2\.$"):
+        load_model_weights(
+            DSTransUNet(preset="tiny", stem="conv", stem_channels=16, patch_embed="conv"), tmp_path / "configs.pt"
+        )
     with pytest.raises(BundleInputError, match="no trained model"):
         load_model_weights(DSTransUNet(preset="tiny"), tmp_path / "missing.pt")
 

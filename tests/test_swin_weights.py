@@ -362,15 +362,21 @@ def test_training_with_imagenet_weights_through_the_bundle(swin_b, swin_t, tmp_p
     assert "ImageNet mean/std intensities" in log
     plan = json.loads((root / "runs" / "train" / "plan.json").read_text())
     assert plan["intensity"] == "imagenet" and plan["given"] == {"max_epochs": 1, "batch_size": 2}
-    assert (root / "models" / "model.pt").is_file()
+    assert plan["settings"]["pretrained"] is True  # ImageNet's linear patch embedding, not early convolutions
+    state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert state["fine_branch.patch_embed.proj.weight"].shape[-2:] == (4, 4)
+    assert not any(".patch_embed.convs." in k for k in state)
 
     from monai.bundle import ConfigParser
 
     monkeypatch.chdir(REPO)  # inference.yaml's macros name train.yaml from the bundle root, where MONAI runs
     for configs in (["train.yaml", "evaluate.yaml"], ["inference.yaml"]):
         parser = ConfigParser(ConfigParser.load_config_files([REPO / "configs" / c for c in configs]))
-        parser.update({"bundle_root": str(root)})
+        parser.update({"bundle_root": str(root), "preset": "base"})
         assert parser.get_parsed_content("plan").intensity == "imagenet", configs
+        # the network as trained, from the plan, without the weight files: model.pt loads into it
+        network = parser.get_parsed_content("network")
+        assert type(network.fine_branch.patch_embed).__name__ == "PatchEmbed", configs
 
     bad = run_command_failing(["training", "--config_file", "configs/train.yaml", "--bundle_root", tmp_path / "bad",
                                "--fine_weights", tmp_path / "nowhere.pth", "--max_epochs", "1"])  # fmt: skip

@@ -119,7 +119,11 @@ def _json_text(content: Any) -> str:
 def apply_plan(configs: Dict[str, Dict[str, Any]], plan: Dict[str, Any], overrides: Dict[str, Any]) -> None:
     """The run's planned settings (``runs/train/plan.json``) as plain values in every config that has them:
     a zoo bundle has no training run to read its scale from, and its train.json reproduces the run."""
+    # the network as trained: from ImageNet weights, DSTransUNet has their linear patch embedding
+    recorded = dict(plan)
+    if "settings" in plan:
+        recorded["pretrained"] = bool(plan["settings"].get("pretrained", False))
     for config in configs.values():
-        for key in (*PLANNED, "keep_largest"):
-            if key in config and key in plan and key not in overrides:
-                config[key] = copy.deepcopy(plan[key])
+        for key in (*PLANNED, "keep_largest", "pretrained"):
+            if key in config and key in recorded and key not in overrides:
+                config[key] = copy.deepcopy(recorded[key])

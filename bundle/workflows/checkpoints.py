@@ -290,12 +290,10 @@ def _mismatch_hint(network: torch.nn.Module, state: Mapping[str, Any]) -> str:
     held = _fitting_preset(network, state) if isinstance(network, DSTransUNet) else ""
     own = _fitting_preset(network, own_state) if held else ""
     if held and held == own:
-        stem, own_stem = _stem(state), _stem(own_state)
-        if stem and stem != own_stem:
-            return (
-                f"{held}, as this network, but its stem is {stem[0]!r} with {stem[1]} channels: give "
-                f"--network_def#stem {stem[0]} --network_def#stem_channels {stem[1]}"
-            )
+        theirs, ours = _architecture(state), _architecture(own_state)
+        differ = [f"--network_def#{k} {v}" for k, v in theirs.items() if v != ours.get(k)]
+        if differ:
+            return f"{held}, as this network, but it was built otherwise: give {' '.join(differ)}"
         return (
             f"{held}, as this network: another network setting differs, so give the ones its training was given "
             "(such as --network_def#window_size)"
@@ -303,12 +301,20 @@ def _mismatch_hint(network: torch.nn.Module, state: Mapping[str, Any]) -> str:
     return f"{held}: give the --preset, --in_channels and --out_channels it was trained with"
 
 
-def _stem(state: Mapping[str, Any]) -> tuple[str, int] | None:
-    """A DSTransUNet's full-resolution stem in its weights: ``("linear" | "conv", channels)``."""
+def _architecture(state: Mapping[str, Any]) -> Dict[str, Any]:
+    """The DSTransUNet settings its weights show beyond the preset (those the bundle's configs have changed:
+    the stem, the patch embedding, the stem-fed decoder stages' conv blocks)."""
+    found: Dict[str, Any] = {}
     for kind, key in (("linear", "stem_full.conv.weight"), ("conv", "stem_full.1.conv.weight")):
         if isinstance(state.get(key), torch.Tensor):
-            return kind, int(state[key].shape[0])
-    return None
+            found.update(stem=kind, stem_channels=int(state[key].shape[0]))
+    if "fine_branch.patch_embed.proj.weight" in state:
+        found["patch_embed"] = "conv" if "fine_branch.patch_embed.convs.0.conv.weight" in state else "linear"
+    last = max((int(k.split(".")[1]) for k in state if k.startswith("decoder.")), default=None)
+    if last is not None:
+        refine = {k.split(".")[3] for k in state if k.startswith(f"decoder.{last}.refine.")}
+        found["stem_decoder_convs"] = 1 + len(refine)
+    return found
 
 
 def _fitting_preset(network: torch.nn.Module, state: Mapping[str, Any]) -> str:

@@ -370,8 +370,8 @@ def read_plan(output_dir: str | os.PathLike) -> Dict[str, Any]:
 @dataclass
 class RecordedPlan:
     """What a trained model expects, for evaluation and inference: the scale, intensity, flip test-time
-    augmentation and largest-component choice of the training run's ``plan.json``; a setting given (not
-    ``auto``) wins. The configs read it as training reads its :class:`TrainingPlan` (``$@plan.image_size``)."""
+    augmentation and largest-component choice of the training run's ``plan.json``, and the network it trained
+    (class, and whether from ImageNet weights); a setting given (not ``auto``) wins. The configs read it as training reads its :class:`TrainingPlan` (``$@plan.image_size``)."""
 
     image_size: List[int] | None
     roi_size: List[int]
@@ -379,6 +379,7 @@ class RecordedPlan:
     keep_largest: bool = False
     flip_tta: bool = False
     network: str | None = None  # the class the run trained (None: no plan, e.g. an exported bundle)
+    pretrained: bool = False  # trained from ImageNet weights (DSTransUNet then has their linear patch embedding)
 
     @classmethod
     def read(
@@ -412,6 +413,7 @@ class RecordedPlan:
             keep_largest=keep_largest,
             flip_tta=flip_tta,
             network=(plan.get("settings") or {}).get("network"),
+            pretrained=bool((plan.get("settings") or {}).get("pretrained", False)),
         )
 
 

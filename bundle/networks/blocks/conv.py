@@ -17,7 +17,13 @@ import math
 
 from monai.networks.blocks import Convolution
 
-__all__ = ["conv_norm_relu"]
+__all__ = ["conv_norm_relu", "group_norm"]
+
+
+def group_norm(norm_groups: int, channels: int) -> tuple:
+    """MONAI's ``norm`` argument for GroupNorm of ``channels`` with ``norm_groups`` groups, reduced to a divisor
+    of ``channels`` (a narrow stage keeps as many groups as divide it)."""
+    return ("group", {"num_groups": math.gcd(norm_groups, channels)})
 
 
 def conv_norm_relu(
@@ -31,7 +37,7 @@ def conv_norm_relu(
 ) -> Convolution:
     """MONAI's ``Convolution`` with bias, then GroupNorm (when ``norm_groups``; reduced to a divisor of
     ``out_channels``) and ReLU (when ``relu``); neither: the convolution alone."""
-    norm = ("group", {"num_groups": math.gcd(norm_groups, out_channels)}) if norm_groups else None
+    norm = group_norm(norm_groups, out_channels) if norm_groups else None
     return Convolution(
         spatial_dims,
         in_channels,

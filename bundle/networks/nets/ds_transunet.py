@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from monai.networks.layers import Pool
 
-from bundle.networks.blocks.conv import conv_norm_relu
+from bundle.networks.blocks.conv import conv_norm_relu, group_norm
 from bundle.networks.blocks.swin import SwinBranch, SwinStage
 from bundle.networks.blocks.tif import TIF
 from bundle.networks.memory import cheap_recomputation, checkpoint, recomputes, release_heap_in_backward
@@ -85,7 +85,7 @@ class UpConv(Convolution):
             out_channels,
             kernel_size=3,
             act="relu",
-            norm=("group", {"num_groups": math.gcd(groups, out_channels)}),
+            norm=group_norm(groups, out_channels),
             bias=True,
         )
 
