@@ -371,7 +371,8 @@ def read_plan(output_dir: str | os.PathLike) -> Dict[str, Any]:
 class RecordedPlan:
     """What a trained model expects, for evaluation and inference: the scale, intensity, flip test-time
     augmentation and largest-component choice of the training run's ``plan.json``, and the network it trained
-    (class, and whether from ImageNet weights); a setting given (not ``auto``) wins. The configs read it as training reads its :class:`TrainingPlan` (``$@plan.image_size``)."""
+    (class, and whether from ImageNet weights); a setting given (not ``auto``) wins. The configs read it as
+    training reads its :class:`TrainingPlan` (``$@plan.image_size``)."""
 
     image_size: List[int] | None
     roi_size: List[int]
