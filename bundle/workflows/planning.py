@@ -395,6 +395,7 @@ class RecordedPlan:
         """The plan of the run in ``output_dir`` (a run without one, or an exported bundle, gives its settings:
         sliding 64 px windows and min/max intensities unless they are given)."""
         plan = read_plan(output_dir)
+        trained = plan.get("settings") or {}
         if _is_auto(intensity):
             intensity = plan.get("intensity", "minmax")
         if intensity not in INTENSITIES:
@@ -413,8 +414,8 @@ class RecordedPlan:
             intensity=intensity,
             keep_largest=keep_largest,
             flip_tta=flip_tta,
-            network=(plan.get("settings") or {}).get("network"),
-            pretrained=bool((plan.get("settings") or {}).get("pretrained", False)),
+            network=trained.get("network"),
+            pretrained=bool(trained.get("pretrained", False)),
         )
 
 
@@ -534,7 +535,7 @@ def plan_training(
     """Resolve the ``auto`` settings of a training run from its data and device (see the module
     docstring), write ``output_dir/plan.json`` and log the plan. Given settings are kept as given.
     ``intensity`` auto is ImageNet mean/std when ``pretrained`` (ImageNet encoder weights), else min/max.
-    ``settings`` (preset, channels, network) are recorded; a resumed run must give the same, and the
+    ``settings`` (preset, channels, network) and ``pretrained`` are recorded; a resumed run must give the same, and the
     same scale. ``optimizer`` (the run's) sets the class and settings of the optimizer in the timed steps;
     ``sample_transforms`` (``{"whole_image": [...], "patch": [...]}``, the random transforms each training
     sample gets after the cache) are timed on copies, and their cost per sample joins the step's; the timed
@@ -545,13 +546,15 @@ def plan_training(
         deep_supervision_weights, flip_tta, val_interval, keep_weights,
     )
     resume, amp = flag("resume", resume), flag("amp", amp)
+    # from ImageNet weights the network differs (DSTransUNet keeps their patch embedding): a resume must match
+    settings = {**(settings or {}), "pretrained": bool(pretrained)}
     path = Path(output_dir) / PLAN_FILE
     main = _world_size() == 1 or torch.distributed.get_rank() == 0
     plan: TrainingPlan | None = None
     if main:
         if resume and path.is_file():
             saved = read_plan(output_dir)
-            _check_resumed_settings(path, saved, given, dict(settings or {}))
+            _check_resumed_settings(path, saved, given, settings)
             plan = TrainingPlan(
                 **{k: saved[k] for k in PLANNED if k in saved},
                 fingerprint=saved.get("fingerprint", {}),
@@ -584,7 +587,7 @@ def plan_training(
         for key, value in given.items():
             setattr(plan, key, value)
         plan.given = given
-        plan.settings = dict(settings or {})
+        plan.settings = settings
         plan.time_budget_minutes = time_budget_minutes
     plan = _broadcast(plan)
     if main:
