@@ -23,7 +23,7 @@ from monai.bundle import ConfigParser
 from monai.bundle.utils import ID_SEP_KEY, MACRO_KEY
 
 from bundle.errors import BundleInputError
-from bundle.workflows.planning import PLANNED
+from bundle.workflows.planning import PLANNED, trained_network
 from bundle.export.constants import ADD_BUNDLE_CODE, OVERLAY_CONFIGS, WORKFLOW_CONFIGS
 
 logger = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ def apply_plan(configs: Dict[str, Dict[str, Any]], plan: Dict[str, Any], overrid
     # the network as trained: from ImageNet weights, DSTransUNet has their linear patch embedding
     recorded = dict(plan)
     if "settings" in plan:
-        recorded["pretrained"] = bool(plan["settings"].get("pretrained", False))
+        recorded["pretrained"] = trained_network(plan)[1]
     for config in configs.values():
         for key in (*PLANNED, "keep_largest", "pretrained"):
             if key in config and key in recorded and key not in overrides:

@@ -59,7 +59,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -395,7 +395,7 @@ class RecordedPlan:
         """The plan of the run in ``output_dir`` (a run without one, or an exported bundle, gives its settings:
         sliding 64 px windows and min/max intensities unless they are given)."""
         plan = read_plan(output_dir)
-        trained = plan.get("settings") or {}
+        network, pretrained = trained_network(plan)
         if _is_auto(intensity):
             intensity = plan.get("intensity", "minmax")
         if intensity not in INTENSITIES:
@@ -414,9 +414,16 @@ class RecordedPlan:
             intensity=intensity,
             keep_largest=keep_largest,
             flip_tta=flip_tta,
-            network=trained.get("network"),
-            pretrained=bool(trained.get("pretrained", False)),
+            network=network,
+            pretrained=pretrained,
         )
+
+
+def trained_network(plan: Mapping[str, Any]) -> Tuple[str | None, bool]:
+    """The network a plan's run trained, from its recorded settings: the class name (None where unrecorded) and
+    whether it started from ImageNet weights (DSTransUNet then has their linear patch embedding)."""
+    settings = plan.get("settings") or {}
+    return settings.get("network"), bool(settings.get("pretrained", False))
 
 
 def update_plan(output_dir: str | os.PathLike, **choices: Any) -> bool:

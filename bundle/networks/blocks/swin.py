@@ -378,7 +378,7 @@ class ConvPatchEmbed(nn.Module):
         widths = [max(8, embed_dim // 2 ** (steps - 1 - i)) for i in range(steps)]
         self.convs = nn.Sequential(
             *[
-conv_norm_relu(spatial_dims, c_in, c_out, 3, norm_groups, strides=2)
+                conv_norm_relu(spatial_dims, c_in, c_out, 3, norm_groups, strides=2)
                 for c_in, c_out in zip([in_channels] + widths[:-1], widths)
             ]
         )
