@@ -542,8 +542,8 @@ def plan_training(
     """Resolve the ``auto`` settings of a training run from its data and device (see the module
     docstring), write ``output_dir/plan.json`` and log the plan. Given settings are kept as given.
     ``intensity`` auto is ImageNet mean/std when ``pretrained`` (ImageNet encoder weights), else min/max.
-    ``settings`` (preset, channels, network) and ``pretrained`` are recorded; a resumed run must give the same, and the
-    same scale. ``optimizer`` (the run's) sets the class and settings of the optimizer in the timed steps;
+    ``settings`` (preset, channels, network) and ``pretrained`` are recorded; a resumed run must give the same,
+    and the same scale. ``optimizer`` (the run's) sets the class and settings of the optimizer in the timed steps;
     ``sample_transforms`` (``{"whole_image": [...], "patch": [...]}``, the random transforms each training
     sample gets after the cache) are timed on copies, and their cost per sample joins the step's; the timed
     steps clip gradients as the run does when ``max_grad_norm`` > 0, and run under its mixed precision when
