@@ -547,7 +547,8 @@ def plan_training(
     ``sample_transforms`` (``{"whole_image": [...], "patch": [...]}``, the random transforms each training
     sample gets after the cache) are timed on copies, and their cost per sample joins the step's; the timed
     steps clip gradients as the run does when ``max_grad_norm`` > 0, and run under its mixed precision when
-    ``amp`` (fp16 on CUDA, bf16 on the CPU). The plan is written by :func:`write_plan` when training starts, not here."""
+    ``amp`` (fp16 on CUDA, bf16 on the CPU). The plan is written by :func:`write_plan` when training starts,
+    not here."""
     given = check_planned_settings(
         image_size, roi_size, batch_size, crops_per_image, max_epochs, time_budget_minutes, intensity,
         deep_supervision_weights, flip_tta, val_interval, keep_weights,
@@ -664,8 +665,8 @@ def _make_plan(
         reasons.append(f"image_size {given['image_size']} given")
     elif fits:
         reasons.append(
-            f"resizing masks to {min(fits)} px and back still keeps Dice {ceiling[min(fits)]:.3f} (>= {MIN_RESIZE_DICE}): "
-            "whole images"
+            f"resizing masks to {min(fits)} px and back still keeps Dice {ceiling[min(fits)]:.3f} "
+            f"(>= {MIN_RESIZE_DICE}): whole images"
         )
     else:
         best = max(ceiling, key=ceiling.get) if ceiling else None
@@ -799,10 +800,13 @@ def _make_plan(
         step = timed["seconds_per_step"]
         if "image_size" not in given:
             reasons.append(
-                f"largest size leaving >= {MIN_EPOCHS} epochs in {budget_minutes:g} min (or the smallest): {size[0]}x{size[1]}"
+                f"largest size leaving >= {MIN_EPOCHS} epochs in {budget_minutes:g} min (or the smallest): "
+                f"{size[0]}x{size[1]}"
             )
         if "batch_size" not in given and batch > WHOLE_IMAGE_BATCH:
-            reasons.append(f"{batch} images a step at {size[0]}x{size[1]} (the pixels of {WHOLE_IMAGE_BATCH} at 128x128)")
+            reasons.append(
+                f"{batch} images a step at {size[0]}x{size[1]} (the pixels of {WHOLE_IMAGE_BATCH} at 128x128)"
+            )
         image_size: List[int] | None = size
     else:
         batch = batch_for(None)
@@ -821,7 +825,8 @@ def _make_plan(
         )
     reasons.append(
         f"a step of {batch} image(s) x {crops} view(s) takes {step:.2f} s on {device} (augmentation included), "
-        f"validation {timed['seconds_per_validation_image']:.3f} s an image: {max_epochs} epochs fit {budget_minutes:g} min"
+        f"validation {timed['seconds_per_validation_image']:.3f} s an image: "
+        f"{max_epochs} epochs fit {budget_minutes:g} min"
     )
     return TrainingPlan(
         image_size=image_size,
