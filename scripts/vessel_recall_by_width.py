@@ -38,6 +38,8 @@ def main() -> None:
     args = parser.parse_args()
 
     masks = {p.name.split(".")[0]: p for p in Path(args.masks).iterdir() if p.is_file()}
+    if args.image_pattern.count("*") != 1 or args.mask_pattern.count("*") != 1:
+        raise SystemExit("ERROR: --image_pattern and --mask_pattern need exactly one '*' each (the shared part).")
     prefix, suffix = args.image_pattern.split("*")
     for eval_dir in args.eval_dirs:
         counts = np.zeros(5)  # thin hit, thin, wide hit, wide, false positive pixels
