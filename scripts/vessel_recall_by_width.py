@@ -31,14 +31,14 @@ def vessel_width(mask: np.ndarray) -> np.ndarray:
     return np.where(mask, width[rows, cols], 0)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("eval_dirs", nargs="+", help="evaluation output folders (with predictions/<image>_mask.png)")
     parser.add_argument("--dataset_dir", required=True, help="the evaluated folder (images/ and masks/)")
     parser.add_argument("--image_pattern", default="*", help="as the bundle's")
     parser.add_argument("--mask_pattern", default="*", help="as the bundle's")
     parser.add_argument("--thin", type=float, default=3.0, help="vessels up to this width (px) are thin")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     references = {}  # image stem -> (thin, wide): each reference's widths once, for every evaluation
     for pair in find_pairs(args.dataset_dir, args.image_pattern, args.mask_pattern):

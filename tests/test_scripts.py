@@ -1,0 +1,56 @@
+"""The analysis scripts of scripts/ that the docs quote figures from."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _two_vessels() -> np.ndarray:
+    """A 64 x 64 mask: a vessel 2 px wide (rows 10-11) and one 8 px wide (rows 40-47), both 40 px long."""
+    mask = np.zeros((64, 64), bool)
+    mask[10:12, 12:52] = True
+    mask[40:48, 12:52] = True
+    return mask
+
+
+def test_vessel_width_gives_each_vessel_its_width():
+    width = _script("vessel_recall_by_width").vessel_width(_two_vessels())
+    assert width[0, 0] == 0 and width[25, 30] == 0  # background
+    assert 1 <= width[10, 30] <= 3 and width[11, 30] == width[10, 30]  # the thin vessel, both rows
+    assert 7 <= width[40, 30] <= 9 and width[47, 30] == width[44, 30]  # the wide one, edge and middle alike
+
+
+def test_vessel_recall_script_counts_thin_and_wide_vessels(tmp_path, capsys):
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(data / "images" / "01_test.png")
+    Image.fromarray(_two_vessels().astype(np.uint8) * 255).save(data / "masks" / "01_manual1.png")
+    found = np.zeros((64, 64), bool)
+    found[10:12, 12:32] = True  # half of the thin vessel
+    found[40:48, 12:52] = True  # all of the wide one
+    found[0:4, 0:10] = True  # 40 false-positive pixels
+    (tmp_path / "eval" / "predictions").mkdir(parents=True)
+    Image.fromarray(found.astype(np.uint8) * 255).save(tmp_path / "eval" / "predictions" / "01_test_mask.png")
+
+    main = _script("vessel_recall_by_width").main
+    args = ["--dataset_dir", str(data), "--image_pattern", "*_test", "--mask_pattern", "*_manual1"]
+    main(args + [str(tmp_path / "eval")])
+    printed = capsys.readouterr().out
+    # 80 thin pixels of 400 (20%), 40 of them found; 320 wide ones, all found; 40 false positives / 400
+    assert "recall on vessels <= 3 px 0.500 (20% of vessel pixels), wider 1.000" in printed
+    assert "false positives 0.100 of the vessel pixels (1 images)" in printed
+    with pytest.raises(SystemExit, match="01_test_mask.png is missing"):
+        main(args + [str(tmp_path / "elsewhere")])
