@@ -11,8 +11,8 @@
 
 """Input errors that the bundle reports as one clear line instead of a traceback.
 
-Library code raises :class:`BundleInputError` (the networks: ``SwinWeightsError``) like any exception (so Python callers and tests can
-catch it). MONAI's config parser wraps exceptions raised while it builds a component
+Library code raises :class:`BundleInputError` (the networks: ``SwinWeightsError``) like any exception
+(so Python callers and tests can catch it). MONAI's config parser wraps exceptions raised while it builds a component
 (``RuntimeError("Failed to instantiate ...") from e``), so on the command line the user would see a
 long chained traceback; :func:`install_cli_error_hook`, run from each config's ``initialize`` list,
 prints the :class:`BundleInputError` found anywhere in the chain as a single ``ERROR:`` line.

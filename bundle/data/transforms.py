@@ -160,8 +160,8 @@ def binarize_mask(mask: np.ndarray, name: str | None = None) -> np.ndarray:
         if middle > 0.02 * mask.size and np.all(values == np.round(values)):
             raise BundleInputError(
                 f"mask {name or '<unnamed>'} has values {_shown(values)}: a label map of {values.size} classes, but "
-                f"out_channels=1 trains a binary mask; give --out_channels {int(high) + 1} (label values 0..{int(high)}), "
-                "or masks with two values (0/1 or 0/255)."
+                f"out_channels=1 trains a binary mask; give --out_channels {int(high) + 1} "
+                f"(label values 0..{int(high)}), or masks with two values (0/1 or 0/255)."
             )
     if values.size == 2:
         return mask > values[0]

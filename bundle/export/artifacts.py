@@ -74,7 +74,8 @@ def copy_code(root: Path) -> None:
 
 
 def export_torchscript(root: Path, net: Dict[str, Any]) -> None:
-    """``models/model.ts`` through MONAI's ``ckpt_export``, traced on one tile (scripting fails in MONAI's 2D ``PatchEmbed``)."""
+    """``models/model.ts`` through MONAI's ``ckpt_export``, traced on one tile (scripting fails in MONAI's 2D
+    ``PatchEmbed``)."""
     from monai.bundle import ckpt_export
 
     shape = [1, net["in_channels"], *net["inference_size"]]
@@ -105,7 +106,8 @@ ONNX_CHECK_SHAPES = ((1, 300, 420), (1, 64, 500))
 
 
 def onnx_converter_kwargs() -> Dict[str, Any]:
-    """What MONAI's ``onnx_export`` passes to ``torch.onnx.export``: the dynamo exporter, batch, height and width free."""
+    """What MONAI's ``onnx_export`` passes to ``torch.onnx.export``: the dynamo exporter, batch, height and
+    width free."""
     axes = {0: "batch", 2: "height", 3: "width"}
     return {
         "dynamo": True,

@@ -88,10 +88,10 @@ def build_metadata(
     meta["name"] = name.replace("_", " ")
     preset = f", preset {net['preset']}" if net["preset"] else ""
     meta["description"] = (
-        f"A trained {net['class']}{preset} ({net['params_m']:.1f} M parameters) for 2D segmentation, from the DS-TransUNet "
-        f"MONAI bundle (DS-TransUNet: Lin et al., IEEE TIM 2022). Trained on {dataset}. models/model.ts is traced "
-        f"(torch.jit.trace), not scripted: it takes inputs whose height and width are multiples of {net['size_multiple']}; "
-        "models/model.onnx, when shipped, takes any size."
+        f"A trained {net['class']}{preset} ({net['params_m']:.1f} M parameters) for 2D segmentation, from the "
+        f"DS-TransUNet MONAI bundle (DS-TransUNet: Lin et al., IEEE TIM 2022). Trained on {dataset}. models/model.ts "
+        f"is traced (torch.jit.trace), not scripted: it takes inputs whose height and width are multiples of "
+        f"{net['size_multiple']}; models/model.onnx, when shipped, takes any size."
     )
     meta["data_source"] = dataset
     if run.get("demo_data"):

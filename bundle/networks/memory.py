@@ -33,10 +33,10 @@ freed so far), and freed heap pages stay resident: on the CPU a process's memory
 heap, not that of its live tensors. Under activation checkpointing, whose point is memory, that
 garbage is most of what is left. So, on Linux with glibc, the training side (the workflow's
 ``bundle.workflows.handlers.HeapReleaseHandler``, or a script that trains) calls
-:func:`enable_heap_release` when it trains with ``use_checkpoint``: it fixes the mmap threshold at 1 MB (larger tensors get their own
-mappings and leave the process when freed; a process-wide setting) and from then on each recomputed
-segment returns the heap's free pages (``malloc_trim``) as backward reaches it. A network alone never
-changes the process's allocator.
+:func:`enable_heap_release` when it trains with ``use_checkpoint``: it fixes the mmap threshold at 1 MB
+(larger tensors get their own mappings and leave the process when freed; a process-wide setting) and from
+then on each recomputed segment returns the heap's free pages (``malloc_trim``) as backward reaches it. A
+network alone never changes the process's allocator.
 """
 
 from __future__ import annotations

@@ -243,7 +243,8 @@ class ResumeCheckpointLoader:
         missing = [k for k in self.load_dict if k not in saved]
         if missing:
             raise BundleInputError(
-                f"--resume true: {self.load_path} is not a resumable checkpoint of this bundle (no {', '.join(missing)})."
+                f"--resume true: {self.load_path} is not a resumable checkpoint of this bundle "
+                f"(no {', '.join(missing)})."
             )
         network = self.load_dict.get("model")
         if network is None:
@@ -253,8 +254,9 @@ class ResumeCheckpointLoader:
             if key not in own or own[key].shape != value.shape:
                 here = f"{tuple(own[key].shape)} in this network" if key in own else "not in this network"
                 raise BundleInputError(
-                    f"--resume true: {self.load_path} holds another network (e.g. {key}: {tuple(value.shape)} in the file, "
-                    f"{here}); resume with the run's preset and channels, or start a new run in another --bundle_root."
+                    f"--resume true: {self.load_path} holds another network "
+                    f"(e.g. {key}: {tuple(value.shape)} in the file, {here}); resume with the run's preset and "
+                    "channels, or start a new run in another --bundle_root."
                 )
 
     def attach(self, engine: Engine) -> None:

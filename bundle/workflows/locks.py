@@ -105,8 +105,9 @@ def lock_run_folders(folders: Sequence[str | os.PathLike], enabled: bool = True)
                 if isinstance(pid, int) and (host != me["host"] or _running(pid)):
                     where = "" if host == me["host"] else f" on {host}"
                     raise BundleInputError(
-                        f"another training (PID {pid}{where}, started {owner.get('started', '?')}) is writing to {folder}; "
-                        f"wait for it, stop it, or give this run another --bundle_root (lock: {path})."
+                        f"another training (PID {pid}{where}, started {owner.get('started', '?')}) "
+                        f"is writing to {folder}; wait for it, stop it, or give this run another --bundle_root "
+                        f"(lock: {path})."
                     )
                 logger.warning("Taking over the lock %s of a run that no longer runs (PID %s).", path, pid)
                 path.unlink(missing_ok=True)

@@ -192,10 +192,10 @@ class DSTransUNet(nn.Module):
     at 512 px), cheap activations are recomputed in backward rather than stored (window attention,
     the pre-norm MLPs, the conv stem and the half-resolution decoder stage; ``bundle.networks.memory``);
     on smaller ones storing them is faster. ``use_checkpoint`` recomputes every block, at any size, but
-    the last decoder stage and the head: their backward runs first, while everything stored is still held. Export with ``torch.jit.trace`` (MONAI's ``PatchEmbed`` cannot be
-    scripted in 2D; the trace fixes the padding, so sides must be multiples of 64) or with
-    ``torch.export`` / ``torch.onnx.export(..., dynamo=True)``, which keep batch, height and width
-    symbolic (any size), in eval mode under ``torch.no_grad()``.
+    the last decoder stage and the head: their backward runs first, while everything stored is still held.
+    Export with ``torch.jit.trace`` (MONAI's ``PatchEmbed`` cannot be scripted in 2D; the trace fixes the
+    padding, so sides must be multiples of 64) or with ``torch.export`` / ``torch.onnx.export(..., dynamo=True)``,
+    which keep batch, height and width symbolic (any size), in eval mode under ``torch.no_grad()``.
 
     Args:
         spatial_dims: 2, or 3 for volumes.
@@ -246,8 +246,8 @@ class DSTransUNet(nn.Module):
         aux_relu: put a ReLU on the auxiliary logits, as the authors' code does (a bug: it keeps
             their sigmoid at or above 0.5); only to reproduce their model.
         use_checkpoint: activation checkpointing of every Swin block, TIF, skip block and decoder stage but
-            the last (see above), as MONAI's ``SwinUNETR(use_checkpoint=True)``; on the CPU with glibc it also hands freed
-            heap memory back to the OS during backward (see ``bundle.networks.memory``).
+            the last (see above), as MONAI's ``SwinUNETR(use_checkpoint=True)``; on the CPU with glibc it also
+            hands freed heap memory back to the OS during backward (see ``bundle.networks.memory``).
         fine_weights: an ImageNet Swin (V1) classification checkpoint for the fine branch, in the
             Microsoft, timm, torchvision or Hugging Face layout (the paper: Swin-B,
             ``swin_base_patch4_window12_384_22k.pth``, into ``preset="base"``); see
