@@ -14,12 +14,11 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 from skimage.morphology import skeletonize
 
 from bundle.data.datalists import find_pairs
-from bundle.data.image_files import read_array
+from bundle.data.image_files import read_array, split_name
 from bundle.data.transforms import binarize_mask
 
 
@@ -40,25 +39,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--thin", type=float, default=3.0, help="vessels up to this width (px) are thin")
     args = parser.parse_args(argv)
 
-    references = {}  # image stem -> (thin, wide): each reference's widths once, for every evaluation
+    references = {}  # image stem -> (vessels, thin ones): each reference's widths once, for every evaluation
     for pair in find_pairs(args.dataset_dir, args.image_pattern, args.mask_pattern):
         gt = binarize_mask(read_array(pair["label"], as_mask=True)[0], pair["label"])
         width = vessel_width(gt)
-        references[Path(pair["image"]).name.split(".")[0]] = (gt & (width <= args.thin), gt & (width > args.thin))
+        # named as the evaluation names its predictions (SavePredictionPNGd: the image's stem)
+        references[split_name(pair["image"])[0]] = (gt, gt & (width <= args.thin))
     for eval_dir in args.eval_dirs:
         counts = np.zeros(5)  # thin found, thin, wide found, wide, false positive pixels
-        for stem, (thin, wide) in references.items():
+        for stem, (vessels, thin) in references.items():
             path = Path(eval_dir, "predictions", f"{stem}_mask.png")
             if not path.is_file():
                 raise SystemExit(f"ERROR: {path} is missing: was {eval_dir} evaluated on {args.dataset_dir}?")
-            found = np.asarray(Image.open(path).convert("L")) > 0
-            outside = found & ~(thin | wide)
-            counts += [(found & thin).sum(), thin.sum(), (found & wide).sum(), wide.sum(), outside.sum()]
-        vessels = counts[1] + counts[3]
+            found = read_array(path, as_mask=True)[0] > 0
+            wide = vessels & ~thin
+            counts += [(found & thin).sum(), thin.sum(), (found & wide).sum(), wide.sum(), (found & ~vessels).sum()]
+        total = counts[1] + counts[3]
         print(
             f"{eval_dir}: recall on vessels <= {args.thin:g} px {counts[0] / counts[1]:.3f} "
-            f"({counts[1] / vessels:.0%} of vessel pixels), wider {counts[2] / counts[3]:.3f}; "
-            f"false positives {counts[4] / vessels:.3f} of the vessel pixels ({len(references)} images)"
+            f"({counts[1] / total:.0%} of vessel pixels), wider {counts[2] / counts[3]:.3f}; "
+            f"false positives {counts[4] / total:.3f} of the vessel pixels ({len(references)} images)"
         )
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DS_TRANSUNET_DATA", REPO.parent / "shared" / "data"))
@@ -22,11 +21,7 @@ def _seed():
 
 @pytest.fixture(scope="session")
 def benchmark_module():
-    spec = importlib.util.spec_from_file_location("ds_benchmark", REPO / "scripts" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["ds_benchmark"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmark", "ds_benchmark")
 
 
 @pytest.fixture(scope="session")

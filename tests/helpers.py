@@ -3,6 +3,7 @@ settings, and MONAI's metadata schema from ../shared."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -17,6 +18,15 @@ EVALUATE = "['configs/train.yaml','configs/evaluate.yaml']"
 # next to the shared data (conftest.py reads DS_TRANSUNET_DATA the same way)
 SHARED = Path(os.environ.get("DS_TRANSUNET_DATA", REPO.parent / "shared" / "data")).parent
 SCHEMA = SHARED / "monai" / "meta_schema_20240725.json"
+
+
+def load_script(name: str, module_name: str | None = None):
+    """``scripts/<name>.py`` as a module (scripts/ is not a package), registered in ``sys.modules``."""
+    spec = importlib.util.spec_from_file_location(module_name or name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 # tiny and quick: 12 demo pairs (10 train, 1 validation, 1 test), 64-pixel crops
 SMALL = [

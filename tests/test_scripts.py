@@ -1,20 +1,9 @@
 """The analysis scripts of scripts/ that the docs quote figures from."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
+from helpers import load_script
 from PIL import Image
-
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _two_vessels() -> np.ndarray:
@@ -26,7 +15,7 @@ def _two_vessels() -> np.ndarray:
 
 
 def test_vessel_width_gives_each_vessel_its_width():
-    width = _script("vessel_recall_by_width").vessel_width(_two_vessels())
+    width = load_script("vessel_recall_by_width").vessel_width(_two_vessels())
     assert width[0, 0] == 0 and width[25, 30] == 0  # background
     assert 1 <= width[10, 30] <= 3 and width[11, 30] == width[10, 30]  # the thin vessel, both rows
     assert 7 <= width[40, 30] <= 9 and width[47, 30] == width[44, 30]  # the wide one, edge and middle alike
@@ -45,7 +34,7 @@ def test_vessel_recall_script_counts_thin_and_wide_vessels(tmp_path, capsys):
     (tmp_path / "eval" / "predictions").mkdir(parents=True)
     Image.fromarray(found.astype(np.uint8) * 255).save(tmp_path / "eval" / "predictions" / "01_test_mask.png")
 
-    main = _script("vessel_recall_by_width").main
+    main = load_script("vessel_recall_by_width").main
     args = ["--dataset_dir", str(data), "--image_pattern", "*_test", "--mask_pattern", "*_manual1"]
     main(args + [str(tmp_path / "eval")])
     printed = capsys.readouterr().out
