@@ -143,8 +143,7 @@ class ConvDecoderStage(nn.Module):
 class SwinDecoderStage(nn.Module):
     """The authors' ``Swin_Decoder``: up-convolve to ``in_channels // 2``, Swin blocks, 1x1 conv to
     ``in_channels // 4``; the skip gets its own 1x1 conv to ``in_channels // 4``; concatenate
-    ``(skip, x)`` and 3x3 conv + ReLU to ``in_channels // 2``; with ``convs`` > 1, that many - 1 more
-    3x3 conv + GroupNorm + ReLU blocks (``refine``), as :class:`ConvDecoderStage`."""
+    ``(skip, x)`` and 3x3 conv + ReLU to ``in_channels // 2``."""
 
     def __init__(
         self,
@@ -157,7 +156,6 @@ class SwinDecoderStage(nn.Module):
         drop_path_rate: float = 0.2,
         groups: int = 32,
         use_checkpoint: bool = False,
-        convs: int = 1,
     ) -> None:
         super().__init__()
         mid, quarter = in_channels // 2, in_channels // 4
@@ -174,11 +172,10 @@ class SwinDecoderStage(nn.Module):
         self.reduce = conv_norm_relu(spatial_dims, mid, quarter, 1)
         self.skip_reduce = conv_norm_relu(spatial_dims, skip_channels, quarter, 1)
         self.fuse = conv_norm_relu(spatial_dims, 2 * quarter, mid, 3)
-        self.refine = nn.Sequential(*[conv_norm_relu(spatial_dims, mid, mid, 3, groups) for _ in range(convs - 1)])
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = self.swin(self.up(x).movedim(1, -1)).movedim(-1, 1)
-        return self.refine(self.fuse(torch.cat([self.skip_reduce(skip), self.reduce(x)], dim=1)))
+        return self.fuse(torch.cat([self.skip_reduce(skip), self.reduce(x)], dim=1))
 
 
 class DSTransUNet(nn.Module):
@@ -243,7 +240,6 @@ class DSTransUNet(nn.Module):
             the tokens start from local features; ImageNet weights then load into everything else).
         stem_decoder_convs: 3x3 conv blocks in each of the two decoder stages fed by the stem (half and full
             resolution) once the skip is joined: 1, the authors'; 2, as a U-Net decoder block.
-        decoder_convs: the same for the deeper decoder stages (Swin or conv, at 1/16 to 1/4 of the input).
         deep_supervision: in training mode, also return the two auxiliary logits (from the deepest
             skip and from the H/4 decoder stage, upsampled to the input size), as
             ``[main, aux_deep, aux_quarter]`` for ``monai.losses.DeepSupervisionLoss``.
@@ -294,7 +290,6 @@ class DSTransUNet(nn.Module):
         stem: str = "linear",
         patch_embed: str = "linear",
         stem_decoder_convs: int = 1,
-        decoder_convs: int = 1,
         deep_supervision: bool = False,
         aux_relu: bool = False,
         use_checkpoint: bool = False,
@@ -312,9 +307,8 @@ class DSTransUNet(nn.Module):
             raise ValueError(f"DSTransUNet decoder must be 'swin' or 'conv', got decoder={decoder!r}.")
         if stem not in ("linear", "conv"):
             raise ValueError(f"DSTransUNet stem must be 'linear' or 'conv', got stem={stem!r}.")
-        for name, convs in (("stem_decoder_convs", stem_decoder_convs), ("decoder_convs", decoder_convs)):
-            if isinstance(convs, bool) or not isinstance(convs, int) or convs < 1:
-                raise ValueError(f"DSTransUNet {name} must be 1 or more, got {convs!r}.")
+        if isinstance(stem_decoder_convs, bool) or not isinstance(stem_decoder_convs, int) or stem_decoder_convs < 1:
+            raise ValueError(f"DSTransUNet stem_decoder_convs must be 1 or more, got {stem_decoder_convs!r}.")
         if patch_size != 4:
             raise ValueError(f"DSTransUNet's decoder ends in two x2 stages, so patch_size must be 4, got {patch_size}.")
         if coarse_patch_size % patch_size:
@@ -420,10 +414,9 @@ class DSTransUNet(nn.Module):
                     decoder_drop_path_rate,
                     norm_groups,
                     use_checkpoint,
-                    decoder_convs,
                 )
             else:
-                stage = ConvDecoderStage(spatial_dims, c, c // 2, c // 2, norm_groups, decoder_convs)
+                stage = ConvDecoderStage(spatial_dims, c, c // 2, c // 2, norm_groups)
             self.decoder.append(stage)
         # a small CNN stem on the raw image gives the skips at full and half resolution
         width = dim // 4 if stem_channels is None else int(stem_channels)
