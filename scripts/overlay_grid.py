@@ -21,10 +21,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from bundle.data.image_files import split_name  # noqa: E402
+
 
 def per_image_dice(eval_dir: Path) -> dict:
+    """Dice by image, named as the evaluation names its overlays (SavePredictionPNGd: the image's stem)."""
     with open(eval_dir / "mean_dice_raw.csv") as f:
-        return {Path(row["filename"]).name.split(".")[0]: float(row["mean"]) for row in csv.DictReader(f)}
+        return {split_name(row["filename"])[0]: float(row["mean"]) for row in csv.DictReader(f)}
 
 
 def pick(scores: dict) -> list:
@@ -35,14 +38,14 @@ def pick(scores: dict) -> list:
     return [(label, ranked[round(q * last)]) for label, q in zip(labels, (0.0, 0.25, 0.5, 0.75, 1.0))]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("eval_dir", type=Path)
     parser.add_argument("output", type=Path)
     parser.add_argument("--names", nargs="+", help="these images instead of the quantiles")
     parser.add_argument("--crop", nargs=4, type=int, metavar=("LEFT", "TOP", "RIGHT", "BOTTOM"))
     parser.add_argument("--height", type=float, default=3.2, help="figure height in inches")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     scores = per_image_dice(args.eval_dir)
     chosen = [(name, name) for name in args.names] if args.names else pick(scores)
     fig, axes = plt.subplots(1, len(chosen), figsize=(args.height * 1.2 * len(chosen), args.height), squeeze=False)

@@ -43,3 +43,17 @@ def test_vessel_recall_script_counts_thin_and_wide_vessels(tmp_path, capsys):
     assert "false positives 0.100 of the vessel pixels (1 images)" in printed
     with pytest.raises(SystemExit, match="01_test_mask.png is missing"):
         main(args + [str(tmp_path / "elsewhere")])
+
+
+def test_overlay_grid_finds_overlays_of_names_with_dots(tmp_path):
+    eval_dir = tmp_path / "eval"
+    (eval_dir / "predictions").mkdir(parents=True)
+    rows = ["filename,class0,mean"]
+    for i, name in enumerate(["case.1", "case.2", "case3"]):
+        rows.append(f"/data/images/{name}.nii.gz,{0.5 + i / 10},{0.5 + i / 10}")
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(eval_dir / "predictions" / f"{name}_overlay.png")
+    (eval_dir / "mean_dice_raw.csv").write_text("\n".join(rows) + "\n")
+    script = load_script("overlay_grid")
+    assert script.per_image_dice(eval_dir) == pytest.approx({"case.1": 0.5, "case.2": 0.6, "case3": 0.7})
+    script.main([str(eval_dir), str(tmp_path / "grid.png")])
+    assert Image.open(tmp_path / "grid.png").size[0] > 0
