@@ -21,13 +21,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from bundle.data.image_files import split_name  # noqa: E402
+from bundle.data.image_files import image_stem  # noqa: E402
 
 
 def per_image_dice(eval_dir: Path) -> dict:
     """Dice by image, named as the evaluation names its overlays (SavePredictionPNGd: the image's stem)."""
     with open(eval_dir / "mean_dice_raw.csv") as f:
-        return {split_name(row["filename"])[0]: float(row["mean"]) for row in csv.DictReader(f)}
+        return {image_stem(row["filename"]): float(row["mean"]) for row in csv.DictReader(f)}
 
 
 def pick(scores: dict) -> list:

@@ -18,7 +18,7 @@ from scipy import ndimage
 from skimage.morphology import skeletonize
 
 from bundle.data.datalists import find_pairs
-from bundle.data.image_files import read_array, split_name
+from bundle.data.image_files import image_stem, read_array
 from bundle.data.transforms import binarize_mask
 
 
@@ -39,21 +39,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--thin", type=float, default=3.0, help="vessels up to this width (px) are thin")
     args = parser.parse_args(argv)
 
-    references = {}  # image stem -> (vessels, thin ones): each reference's widths once, for every evaluation
+    references = {}  # image stem -> (thin, wide) vessels: each reference's widths once, for every evaluation
     for pair in find_pairs(args.dataset_dir, args.image_pattern, args.mask_pattern):
         gt = binarize_mask(read_array(pair["label"], as_mask=True)[0], pair["label"])
         width = vessel_width(gt)
         # named as the evaluation names its predictions (SavePredictionPNGd: the image's stem)
-        references[split_name(pair["image"])[0]] = (gt, gt & (width <= args.thin))
+        references[image_stem(pair["image"])] = (gt & (width <= args.thin), gt & (width > args.thin))
     for eval_dir in args.eval_dirs:
         counts = np.zeros(5)  # thin found, thin, wide found, wide, false positive pixels
-        for stem, (vessels, thin) in references.items():
+        for stem, (thin, wide) in references.items():
             path = Path(eval_dir, "predictions", f"{stem}_mask.png")
             if not path.is_file():
                 raise SystemExit(f"ERROR: {path} is missing: was {eval_dir} evaluated on {args.dataset_dir}?")
             found = read_array(path, as_mask=True)[0] > 0
-            wide = vessels & ~thin
-            counts += [(found & thin).sum(), thin.sum(), (found & wide).sum(), wide.sum(), (found & ~vessels).sum()]
+            hits = (found & thin).sum(), (found & wide).sum()  # the rest of what was found is false positives
+            counts += [hits[0], thin.sum(), hits[1], wide.sum(), found.sum() - sum(hits)]
         total = counts[1] + counts[3]
         print(
             f"{eval_dir}: recall on vessels <= {args.thin:g} px {counts[0] / counts[1]:.3f} "

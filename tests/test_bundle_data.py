@@ -26,7 +26,7 @@ from bundle.data.datalists import (
 )
 from bundle.data.demo import draw_demo_pair, make_demo_dataset
 from bundle.errors import BundleInputError, find_input_error
-from bundle.data.image_files import read_array, read_info
+from bundle.data.image_files import image_stem, read_array, read_info
 from bundle.data.transforms import LoadImage2Dd, PrepareMaskd, SavePredictionPNGd, binarize_mask
 
 REPO = Path(__file__).resolve().parents[1]
@@ -370,3 +370,9 @@ def test_drive_pairs_with_name_patterns(drive_dir):
     # both patterns together pair training and test images ('*_*' would be ambiguous, so use the two sets)
     everything = find_pairs(drive_dir, image_pattern="*_test", mask_pattern="*_manual1")
     assert len(everything) == 20
+
+
+def test_image_stem_drops_the_image_suffix_only():
+    assert image_stem("/data/images/case.1.nii.gz") == "case.1"  # .nii.gz is one suffix; dots in the name stay
+    assert image_stem("21_training.TIF") == "21_training"
+    assert image_stem("notes.v2.txt") == "notes.v2"  # not an image suffix: the last suffix only

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple, Union
 
 from bundle.data.demo import DEMO_NOTICE, make_demo_dataset
-from bundle.data.image_files import IMAGE_SUFFIXES, ImageInfo, read_array, read_info, split_name
+from bundle.data.image_files import IMAGE_SUFFIXES, ImageInfo, image_stem, read_array, read_info, split_name
 from bundle.errors import BundleInputError, flag
 from bundle.files import write_json_atomically
 
@@ -474,7 +474,7 @@ def prepare_inference_datalist(inputs: PathLike | Sequence[PathLike], in_channel
             logger.warning("Skipped %s: %d channels, the network takes in_channels=%d.", path, shape[0], in_channels)
             failed.append(path.name)
             continue
-        stem = (split_name(path) or (path.stem, ""))[0]
+        stem = image_stem(path)
         used[stem] = used.get(stem, 0) + 1
         name = stem if used[stem] == 1 else f"{stem}-{used[stem]}"
         items.append({"image": str(path), "name": name})

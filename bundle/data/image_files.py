@@ -37,6 +37,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "ImageInfo",
     "split_name",
+    "image_stem",
     "read_info",
     "read_array",
     "write_png",
@@ -72,6 +73,12 @@ def split_name(path: PathLike) -> Tuple[str, str] | None:
         if lower.endswith(suffix) and len(name) > len(suffix):
             return name[: -len(suffix)], suffix
     return None
+
+
+def image_stem(path: PathLike) -> str:
+    """The file name without its image suffix (``.nii.gz`` as one), else without its last suffix: the name the
+    bundle gives what it writes for an image (``<stem>_mask.png``, ``<stem>_overlay.png``)."""
+    return (split_name(path) or (Path(path).stem, ""))[0]
 
 
 def _is_nifti(path: Path) -> bool:

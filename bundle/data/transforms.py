@@ -36,7 +36,7 @@ from monai.data import MetaTensor
 from monai.transforms import KeepLargestConnectedComponent, MapTransform
 
 from bundle.errors import BundleInputError
-from bundle.data.image_files import read_array, split_name, write_png
+from bundle.data.image_files import image_stem, read_array, write_png
 
 __all__ = [
     "LoadImage2Dd",
@@ -312,8 +312,7 @@ class SavePredictionPNGd(MapTransform):
     def _name(self, d: Mapping[Hashable, Any]) -> str:
         if self.name_key and isinstance(d.get(self.name_key), str):
             return d[self.name_key]
-        path = _filename(d[self.image_key])
-        return (split_name(path) or (Path(path).stem, ""))[0]
+        return image_stem(_filename(d[self.image_key]))
 
     def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
         d = dict(data)
