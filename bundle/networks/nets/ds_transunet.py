@@ -237,7 +237,9 @@ class DSTransUNet(nn.Module):
         patch_embed: how both Swin branches embed patches: ``"linear"`` (Swin's and the authors': one
             linear map of each patch's pixels; ImageNet weights load into it) or ``"conv"`` (early
             convolutions, :class:`~bundle.networks.blocks.swin.ConvPatchEmbed`: stride-2 3x3 convs, so
-            the tokens start from local features; ImageNet weights then load into everything else).
+            the tokens start from local features; ImageNet weights then load into everything else) or
+            ``"stem"`` (the same early convolutions, from the CNN stem's half-resolution features instead of
+            the image: a hybrid encoder whose tokens start from four convolutions deep, as a U-Net's would).
         stem_decoder_convs: 3x3 conv blocks in each of the two decoder stages fed by the stem (half and full
             resolution) once the skip is joined: 1, the authors'; 2, as a U-Net decoder block.
         deep_supervision: in training mode, also return the two auxiliary logits (from the deepest
@@ -305,6 +307,8 @@ class DSTransUNet(nn.Module):
             raise ValueError(f"DSTransUNet fusion must be 'tif' or 'concat', got fusion={fusion!r}.")
         if decoder not in ("swin", "conv"):
             raise ValueError(f"DSTransUNet decoder must be 'swin' or 'conv', got decoder={decoder!r}.")
+        if patch_embed not in ("linear", "conv", "stem"):
+            raise ValueError(f"DSTransUNet patch_embed must be 'linear', 'conv' or 'stem', got {patch_embed!r}.")
         if stem not in ("linear", "conv"):
             raise ValueError(f"DSTransUNet stem must be 'linear' or 'conv', got stem={stem!r}.")
         if isinstance(stem_decoder_convs, bool) or not isinstance(stem_decoder_convs, int) or stem_decoder_convs < 1:
@@ -340,12 +344,18 @@ class DSTransUNet(nn.Module):
         self.deep_supervision = deep_supervision
         self.use_checkpoint = use_checkpoint
         self.stem = stem
+        self.embed_from_stem = patch_embed == "stem"
         self.size_multiple = max(patch_size, coarse_patch_size if dual_scale else 1) * 2 ** (n_stages - 1)
         self.patch_size = patch_size
         self.embed_dim = p["embed_dim"]
 
         dim = p["embed_dim"]
         channels = [dim * 2**i for i in range(n_stages)]
+        width = dim // 4 if stem_channels is None else int(stem_channels)
+        if width < 1:
+            raise ValueError(f"DSTransUNet stem_channels must be a positive number of channels, got {stem_channels}.")
+        # patch_embed "stem": both branches read the stem's half-resolution map (2 * width channels), at half the stride
+        branch_in, branch_stride = (2 * width, 2) if self.embed_from_stem else (in_channels, 1)
         branch_args = dict(
             window_size=window_size,
             mlp_ratio=mlp_ratio,
@@ -353,16 +363,16 @@ class DSTransUNet(nn.Module):
             drop_rate=drop_rate,
             attn_drop_rate=attn_drop_rate,
             use_checkpoint=use_checkpoint,
-            patch_embed=patch_embed,
+            patch_embed="conv" if self.embed_from_stem else patch_embed,
             norm_groups=norm_groups,
         )
         self.fine_branch = SwinBranch(
             spatial_dims,
-            in_channels,
+            branch_in,
             dim,
             p["depths"],
             p["num_heads"],
-            patch_size,
+            patch_size // branch_stride,
             drop_path_rate=p["drop_path_rate"],
             **branch_args,
         )
@@ -372,11 +382,11 @@ class DSTransUNet(nn.Module):
             coarse_channels = [p["coarse_embed_dim"] * 2**i for i in range(n_stages)]
             self.coarse_branch = SwinBranch(
                 spatial_dims,
-                in_channels,
+                branch_in,
                 p["coarse_embed_dim"],
                 p["coarse_depths"],
                 p["coarse_num_heads"],
-                coarse_patch_size,
+                coarse_patch_size // branch_stride,
                 drop_path_rate=p["coarse_drop_path_rate"],
                 **branch_args,
             )
@@ -419,9 +429,6 @@ class DSTransUNet(nn.Module):
                 stage = ConvDecoderStage(spatial_dims, c, c // 2, c // 2, norm_groups)
             self.decoder.append(stage)
         # a small CNN stem on the raw image gives the skips at full and half resolution
-        width = dim // 4 if stem_channels is None else int(stem_channels)
-        if width < 1:
-            raise ValueError(f"DSTransUNet stem_channels must be a positive number of channels, got {stem_channels}.")
         self.stem_full: nn.Module = (
             conv_norm_relu(spatial_dims, in_channels, width, 1, relu=False)
             if stem == "linear"
@@ -487,10 +494,10 @@ class DSTransUNet(nn.Module):
         return self._forward(x, size)
 
     def _forward(self, x: torch.Tensor, size: List[int]) -> torch.Tensor | List[torch.Tensor]:
-        skips = self._skips(x)
         # the conv stem's full-resolution activations are worth recomputing; a 1x1 conv's output is kept anyway
         stem_full = self.stem_full(x) if self.stem == "linear" else self._run(self.stem_full, x, cheap=True)
         stem_half = self._run(self.stem_half, stem_full, cheap=True)
+        skips = self._skips(stem_half if self.embed_from_stem else x)
         d = skips[-1]
         n_swin = len(skips) - 1
         for i in range(n_swin):
