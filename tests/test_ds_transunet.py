@@ -249,7 +249,29 @@ def test_torchscript_round_trip(tmp_path):
         torch.testing.assert_close(loaded(x2), model(x2), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("options", [dict(stem="linear"), dict(stem="conv"), dict(stem="conv", patch_embed="conv")])
+def test_patch_embed_stem_feeds_both_branches_from_the_stems_half_resolution_map():
+    net = DSTransUNet(preset="tiny", stem="conv", stem_channels=8, patch_embed="stem")
+    seen = {}
+    for name in ("fine_branch", "coarse_branch"):
+        getattr(net, name).register_forward_pre_hook(lambda m, args, name=name: seen.setdefault(name, args[0]))
+    x = torch.rand(2, 3, 72, 64)
+    out = net(x)
+    assert out.shape == (2, 1, 72, 64)
+    # the padded input is 128 x 64; both branches read the stem's 16 channels at half of it, and halve their strides
+    assert seen["fine_branch"].shape == seen["coarse_branch"].shape == (2, 16, 64, 32)
+    assert len(net.fine_branch.patch_embed.convs) == 1 and len(net.coarse_branch.patch_embed.convs) == 2
+    # the Swin branches' loss reaches the stem's first convolution
+    net.zero_grad()
+    net._skips(net.stem_half(net.stem_full(torch.rand(1, 3, 64, 64))))[-1].square().mean().backward()
+    assert net.stem_full[0].conv.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="patch_embed must be 'linear', 'conv' or 'stem', got 'early'"):
+        DSTransUNet(preset="tiny", patch_embed="early")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [dict(stem="linear"), dict(stem="conv"), dict(stem="conv", patch_embed="conv"), dict(stem="conv", patch_embed="stem")],
+)
 def test_traced_on_the_cpu_runs_on_another_device(options):
     # the exported model.ts is traced on the CPU and loaded with map_location="cuda": no tensor the
     # forward makes (window masks, padding masks) may keep the tracing device (meta stands in for CUDA)
