@@ -57,8 +57,11 @@ def test_training_on_demo_data(demo_run):
     models = root / "models"
     state = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
     assert "head.conv.weight" in state or any(k.startswith("head") for k in state)
-    # train.yaml's network from scratch: early convolutions embed the patches, two conv blocks where the stem joins
-    assert "fine_branch.patch_embed.convs.0.conv.weight" in state and "coarse_branch.patch_embed.convs.0.conv.weight" in state
+    # train.yaml's network from scratch: early convolutions embed the patches from the stem's half-resolution map
+    # (one stride-2 conv in the fine branch, two in the coarse), two conv blocks where the stem joins
+    fine_embed = "fine_branch.patch_embed.convs"
+    assert f"{fine_embed}.0.conv.weight" in state and f"{fine_embed}.1.conv.weight" not in state
+    assert state["coarse_branch.patch_embed.convs.0.conv.weight"].shape[1] == state["stem_half.2.conv.weight"].shape[0]
     assert any(k.startswith("decoder.4.refine.0.") for k in state)
     assert json.loads((root / "runs" / "train" / "plan.json").read_text())["settings"]["pretrained"] is False
     resumable = torch.load(models / "checkpoint.pt", map_location="cpu", weights_only=True)
@@ -401,16 +404,19 @@ def test_model_weights_that_do_not_fit_are_one_clear_error(tmp_path):
         load_model_weights(DSTransUNet(preset="tiny", out_channels=1, window_size=4), tmp_path / "model.pt")
     # a model of the class defaults (the authors' stem, patch embedding and decoder) under train.yaml's network:
     # each setting to give
-    configs_network = DSTransUNet(preset="tiny", stem="conv", stem_channels=16, patch_embed="conv", stem_decoder_convs=2)
+    configs_network = DSTransUNet(
+        preset="tiny", stem="conv", stem_channels=16, patch_embed="stem", stem_decoder_convs=2
+    )
     with pytest.raises(BundleInputError) as error:
         load_model_weights(configs_network, tmp_path / "model.pt")
     assert str(error.value).endswith(
         "as this network, but it was built otherwise: give --network_def#stem linear --network_def#stem_channels 8 "
         "--network_def#patch_embed linear --network_def#stem_decoder_convs 1."
     )
-    # only the setting that differs is named
+    # only the settings that differ are named: a model of the configs before the stem fed the patch embedding
     torch.save(configs_network.state_dict(), tmp_path / "configs.pt")
-    with pytest.raises(BundleInputError, match=r"give --network_def#stem_decoder_convs 2\.$"):
+    differ = r"give --network_def#patch_embed stem --network_def#stem_decoder_convs 2\.$"
+    with pytest.raises(BundleInputError, match=differ):
         load_model_weights(
             DSTransUNet(preset="tiny", stem="conv", stem_channels=16, patch_embed="conv"), tmp_path / "configs.pt"
         )

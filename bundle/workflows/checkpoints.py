@@ -311,7 +311,9 @@ def _architecture(state: Mapping[str, Any]) -> Dict[str, Any]:
         if isinstance(state.get(key), torch.Tensor):
             found.update(stem=kind, stem_channels=int(state[key].shape[0]))
     if "fine_branch.patch_embed.proj.weight" in state:
-        found["patch_embed"] = "conv" if "fine_branch.patch_embed.convs.0.conv.weight" in state else "linear"
+        # early convolutions: two in the fine branch from the image ("conv"), one from the stem's half-resolution map
+        convs = sum(f"fine_branch.patch_embed.convs.{i}.conv.weight" in state for i in range(2))
+        found["patch_embed"] = ("linear", "stem", "conv")[convs]
     last = max((int(k.split(".")[1]) for k in state if k.startswith("decoder.")), default=None)
     if last is not None:
         refine = {k.split(".")[3] for k in state if k.startswith(f"decoder.{last}.refine.")}
@@ -326,8 +328,8 @@ def _fitting_preset(network: torch.nn.Module, state: Mapping[str, Any]) -> str:
     head = state.get("head.conv.weight")
     if not isinstance(embed, torch.Tensor) or not isinstance(head, torch.Tensor):
         return ""
-    # the input's channels: the linear embedding's kernel, or the first of the early convolutions (patch_embed="conv")
-    first = state.get("fine_branch.patch_embed.convs.0.conv.weight", embed)
+    # the input's channels: the stem's first kernel (a 1x1 conv, or the first of two 3x3 ones)
+    first = state.get("stem_full.conv.weight", state.get("stem_full.0.conv.weight", embed))
     depths = [
         1 + max(int(k.split(".")[4]) for k in state if k.startswith(f"fine_branch.stages.{i}.blocks."))
         for i in range(4)
