@@ -303,11 +303,15 @@ def _mismatch_hint(network: torch.nn.Module, state: Mapping[str, Any]) -> str:
     return f"{held}: give the --preset, --in_channels and --out_channels it was trained with"
 
 
+# DSTransUNet's first kernel of each stem: (stem_channels, in_channels, k, k)
+_STEM_FIRST_KERNEL = {"linear": "stem_full.conv.weight", "conv": "stem_full.0.conv.weight"}
+
+
 def _architecture(state: Mapping[str, Any]) -> Dict[str, Any]:
     """The DSTransUNet settings its weights show beyond the preset (those the bundle's configs have changed:
     the stem, the patch embedding, the stem-fed decoder stages' conv blocks)."""
     found: Dict[str, Any] = {}
-    for kind, key in (("linear", "stem_full.conv.weight"), ("conv", "stem_full.1.conv.weight")):
+    for kind, key in _STEM_FIRST_KERNEL.items():
         if isinstance(state.get(key), torch.Tensor):
             found.update(stem=kind, stem_channels=int(state[key].shape[0]))
     if "fine_branch.patch_embed.proj.weight" in state:
@@ -329,7 +333,7 @@ def _fitting_preset(network: torch.nn.Module, state: Mapping[str, Any]) -> str:
     if not isinstance(embed, torch.Tensor) or not isinstance(head, torch.Tensor):
         return ""
     # the input's channels: the stem's first kernel (a 1x1 conv, or the first of two 3x3 ones)
-    first = state.get("stem_full.conv.weight", state.get("stem_full.0.conv.weight", embed))
+    first = next((state[k] for k in _STEM_FIRST_KERNEL.values() if isinstance(state.get(k), torch.Tensor)), embed)
     depths = [
         1 + max(int(k.split(".")[4]) for k in state if k.startswith(f"fine_branch.stages.{i}.blocks."))
         for i in range(4)
